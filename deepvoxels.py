@@ -1,0 +1,703 @@
+"""DeepVoxels (Sitzmann et al., CVPR 2019) in one readable file.
+
+A scene is stored as a persistent 3D grid of learned feature vectors. Training sees posed 2D
+images only: a source image is encoded to 2D features, lifted into the grid along camera rays
+and fused in by a GRU whose hidden state *is* the grid; the grid is inpainted by a 3D U-Net,
+resampled into a target camera's frustum (the canonical view volume), flattened by a learned
+occlusion softmax over depth and turned into an image by a 2D rendering network.
+
+The file follows the paper's order:
+  1. Cameras                 6. Projection to the canonical view volume
+  2. Feature extraction      7. Occlusion (visibility softmax, depth map)
+  3. Lifting                 8. Rendering network
+  4. GRU integration         9. The whole model
+  5. 3D inpainting          10. Data: loader and synthetic cube, 11. Metrics
+
+Camera convention (stated once, used everywhere)
+  * Poses are 4x4 camera-to-world matrices in the OpenCV convention: camera x points right,
+    y down, z forward (into the scene). `opengl_to_opencv` converts NeRF/Blender poses.
+  * Intrinsics are a focal length f (pixels, fx = fy) and a principal point (cx, cy).
+  * Pixel (row i, column j) has its centre at u = j + 0.5, v = i + 0.5; the image covers
+    [0, W] x [0, H]. A camera-space point (x, y, z) lands at u = f x / z + cx, v = f y / z + cy.
+    With this convention, resizing an image by s scales f, cx and cy by exactly s.
+  * The voxel grid is an axis-aligned cube of side `grid_scale` world units centred at
+    `grid_center`, with N voxels per side. It is stored as (C, D, H, W) = (C, z, y, x), the
+    layout `torch.nn.functional.grid_sample` expects; sampling coordinates are (x, y, z).
+
+Shape letters: B batch, C feature channels, N voxels per grid side, D depth planes of the view
+volume, h x w the 2D feature maps, H x W the images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Config:
+    """Model sizes and the scene's geometry; saved in every checkpoint."""
+
+    img_size: int = field(default=64, metadata={"help": "H = W of the images the model renders"})
+    feat_size: int = field(default=32, metadata={"help": "h = w of the 2D feature maps used for lifting and projection"})
+    grid_size: int = field(default=16, metadata={"help": "N voxels per grid side (the authors: 32); the largest cost, lower it first"})
+    channels: int = field(default=16, metadata={"help": "C features per voxel (the authors: 64)"})
+    depth_planes: int = field(default=32, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N)"})
+    unet_width: int = field(default=32, metadata={"help": "base width of the 2D feature-extraction and rendering U-Nets"})
+    occlusion_width: int = field(default=8, metadata={"help": "base width of the occlusion network's 3D U-Net"})
+    gru_dropout: float = field(default=0.2, metadata={"help": "dropout on the GRU proposal S (the authors: 0.2)"})
+    # The scene: where the grid sits and the camera intrinsics at img_size (filled from the data).
+    grid_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    grid_scale: float = 1.0
+    near: float = 0.0  # near plane of the view volume; 0 means "from the grid's bounding sphere"
+    focal: float = 64.0
+    cx: float = 32.0
+    cy: float = 32.0
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 1. Cameras (paper Sec. 3, "projection" and "lifting" both use the pinhole model)
+#    x_cam = R^T (x_world - t) for a camera-to-world pose [R | t];  u = f x/z + cx,  v = f y/z + cy
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def intrinsics_matrix(focal: float, cx: float, cy: float, scale: float = 1.0) -> torch.Tensor:
+    """3x3 pinhole matrix K, optionally for an image resized by `scale`."""
+    return torch.tensor([[focal * scale, 0.0, cx * scale],
+                         [0.0, focal * scale, cy * scale],
+                         [0.0, 0.0, 1.0]])
+
+
+def world_to_camera(points: torch.Tensor, cam2world: torch.Tensor) -> torch.Tensor:
+    """World points (B, ..., 3) into camera coordinates of poses (B, 4, 4)."""
+    R, t = cam2world[:, :3, :3], cam2world[:, :3, 3]
+    flat = points.reshape(points.shape[0], -1, 3)                       # (B, P, 3)
+    cam = (flat - t[:, None, :]) @ R                                    # R^T (x - t), row vectors
+    return cam.reshape(points.shape)
+
+
+def camera_to_pixel(points_cam: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Camera points (..., 3) to pixel coordinates (..., 2) = (u, v) and depth z (...)."""
+    z = points_cam[..., 2]
+    xy = points_cam[..., :2] / z.clamp(min=1e-8)[..., None]
+    uv = xy * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+    return uv, z
+
+
+def pixel_to_ray(uv: torch.Tensor, K: torch.Tensor, cam2world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels (P, 2) of one camera to world ray origins (P, 3) and directions (P, 3) with z_cam = 1."""
+    xy = (uv - torch.stack([K[0, 2], K[1, 2]])) / torch.stack([K[0, 0], K[1, 1]])
+    dirs_cam = torch.cat([xy, torch.ones_like(xy[:, :1])], dim=1)      # (P, 3)
+    dirs = dirs_cam @ cam2world[:3, :3].T
+    return cam2world[:3, 3].expand_as(dirs), dirs
+
+
+def pixel_centers(h: int, w: int) -> torch.Tensor:
+    """(h, w, 2) pixel-centre coordinates (u, v) = (j + 0.5, i + 0.5)."""
+    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    return torch.stack([u, v], dim=-1)
+
+
+def opengl_to_opencv(cam2world: torch.Tensor) -> torch.Tensor:
+    """NeRF/Blender (x right, y up, z backward) camera-to-world poses to OpenCV ones."""
+    return cam2world @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=cam2world.dtype))
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+    """OpenCV camera-to-world pose (4, 4) at `eye` looking at `target`, world z up."""
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, up)
+    if np.linalg.norm(right) < 1e-6:  # looking straight up or down: any right vector will do
+        right = np.cross(forward, np.array([0.0, 1.0, 0.0]))
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([right, down, forward], axis=1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def voxel_centers(cfg: Config) -> torch.Tensor:
+    """World positions (N, N, N, 3) of the voxel centres, indexed [z, y, x], stored as (x, y, z).
+
+    Voxel i sits at -L/2 + (i + 0.5) L / N from the centre: exactly where grid_sample with
+    align_corners=False reads it.
+    """
+    n, L = cfg.grid_size, cfg.grid_scale
+    ticks = -L / 2 + (torch.arange(n) + 0.5) * L / n
+    z, y, x = torch.meshgrid(ticks, ticks, ticks, indexing="ij")
+    return torch.stack([x, y, z], dim=-1) + torch.tensor(cfg.grid_center)
+
+
+def world_to_grid_coords(points: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """World points (..., 3) to grid_sample's normalised coordinates: the grid spans [-1, 1]."""
+    return (points - torch.tensor(cfg.grid_center, device=points.device)) * (2.0 / cfg.grid_scale)
+
+
+def view_depth_range(cam2world: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Near and far depth (B,) per camera so that the depth planes cover the grid's bounding sphere."""
+    radius = cfg.grid_scale * math.sqrt(3) / 2
+    center = torch.tensor(cfg.grid_center, device=cam2world.device)
+    dist = (cam2world[:, :3, 3] - center).norm(dim=-1)
+    near = (dist - radius).clamp(min=0.05 * radius) if cfg.near <= 0 else torch.full_like(dist, cfg.near)
+    return near, dist + radius
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# Building block: a U-Net in 2D or 3D (the authors use U-Nets for all four networks)
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def conv_block(dims: int, c_in: int, c_out: int, stride: int = 1, transpose: bool = False) -> nn.Sequential:
+    """Conv (3x3, or 4x4 when it changes the resolution) -> BatchNorm -> LeakyReLU(0.2)."""
+    Conv = {(2, False): nn.Conv2d, (3, False): nn.Conv3d, (2, True): nn.ConvTranspose2d, (3, True): nn.ConvTranspose3d}[dims, transpose]
+    Norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
+    kernel = 4 if stride == 2 else 3
+    return nn.Sequential(Conv(c_in, c_out, kernel, stride=stride, padding=1, bias=False), Norm(c_out), nn.LeakyReLU(0.2))
+
+
+class UNet(nn.Module):
+    """U-Net with `levels` stride-2 down/up steps and skip connections; output has the input's size."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int, width: int, levels: int):
+        super().__init__()
+        widths = [width * 2 ** i for i in range(levels + 1)]
+        self.inc = conv_block(dims, c_in, width)
+        self.down = nn.ModuleList(conv_block(dims, a, b, stride=2) for a, b in zip(widths, widths[1:]))
+        self.up = nn.ModuleList(conv_block(dims, b, a, stride=2, transpose=True) for a, b in zip(widths, widths[1:]))
+        self.merge = nn.ModuleList(conv_block(dims, 2 * a, a) for a in widths[:-1])
+        self.out = (nn.Conv2d if dims == 2 else nn.Conv3d)(width, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up, merge in zip(reversed(self.up), reversed(self.merge)):
+            x = merge(torch.cat([up(x), skips.pop()], dim=1))
+        return self.out(x)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 2. Feature extraction (paper Sec. 3.1): strided convs down to h x w, then a 2D U-Net
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+class FeatureExtractor(nn.Module):
+    """Source image (B, 3, H, W) -> feature map (B, C, h, w)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        steps = int(math.log2(cfg.img_size // cfg.feat_size))
+        widths = [3] + [cfg.unet_width] * steps
+        self.downsample = nn.Sequential(*(conv_block(2, a, b, stride=2) for a, b in zip(widths, widths[1:])))
+        self.unet = UNet(2, widths[-1], cfg.channels, cfg.unet_width, levels=3)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.unet(self.downsample(image))                       # (B, C, h, w)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 3. Lifting 2D features to 3D (paper Sec. 3.1): every voxel centre is projected into the source
+#    feature map and sampled bilinearly, so every voxel along a ray receives the same feature.
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lift feature maps (B, C, h, w) seen from poses (B, 4, 4) into the grid.
+
+    Returns the lifted volume (B, C, N, N, N) and the validity mask (B, 1, N, N, N): 1 where the
+    voxel centre lies in front of the camera and inside the image, 0 (and a zero feature) elsewhere.
+    """
+    B, _, h, w = features.shape
+    centers = voxel_centers(cfg).to(features.device).expand(B, -1, -1, -1, -1)   # (B, N, N, N, 3)
+    uv, z = camera_to_pixel(world_to_camera(centers, cam2world), K_feat)          # (B, N, N, N, 2), (B, N, N, N)
+    inside = (z > 1e-6) & (uv[..., 0] >= 0) & (uv[..., 0] <= w) & (uv[..., 1] >= 0) & (uv[..., 1] <= h)
+    sample_at = uv / torch.tensor([w, h], device=uv.device) * 2 - 1               # pixel -> [-1, 1]
+    n = cfg.grid_size
+    lifted = F.grid_sample(features, sample_at.reshape(B, n, n * n, 2), mode="bilinear",
+                           padding_mode="zeros", align_corners=False)              # (B, C, N, N*N)
+    mask = inside[:, None].to(features.dtype)                                     # (B, 1, N, N, N)
+    return lifted.reshape(B, -1, n, n, n) * mask, mask
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 4. Integration into the persistent grid (paper Sec. 3.1, Eq. 1-4): a 3D convolutional GRU
+#    whose hidden state H is the DeepVoxels grid and whose input X is the lifted volume.
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def normalized_coordinates(n: int) -> torch.Tensor:
+    """(1, 3, N, N, N) voxel coordinates in [-1, 1], channels (x, y, z), as the authors concatenate."""
+    ticks = torch.linspace(-1, 1, n)
+    z, y, x = torch.meshgrid(ticks, ticks, ticks, indexing="ij")
+    return torch.stack([x, y, z])[None]
+
+
+class IntegrationGRU(nn.Module):
+    """3D convolutional GRU with per-voxel (single-channel) update and reset gates."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        C = cfg.channels
+
+        def conv(c_out: int, bias: bool) -> nn.Conv3d:
+            return nn.Conv3d(C + 3, c_out, 3, padding=1, bias=bias)
+
+        self.W_z, self.U_z = conv(1, True), conv(1, False)
+        self.W_r, self.U_r = conv(1, True), conv(1, False)
+        self.W_s, self.U_s = conv(C, True), conv(C, False)
+        self.dropout = nn.Dropout3d(cfg.gru_dropout)
+        self.register_buffer("coords", normalized_coordinates(cfg.grid_size), persistent=False)
+
+    def forward(self, X: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lifted volume X and old grid H, both (1, C, N, N, N) -> new grid H' and update gate Z (1, 1, N, N, N)."""
+        xc = torch.cat([X, self.coords], dim=1)                           # (1, C+3, N, N, N)
+        hc = torch.cat([H, self.coords], dim=1)
+        Z = torch.sigmoid(self.W_z(xc) + self.U_z(hc))                    # Z = σ(W_z X + U_z H + b_z)
+        R = torch.sigmoid(self.W_r(xc) + self.U_r(hc))                    # R = σ(W_r X + U_r H + b_r)
+        rhc = torch.cat([R * H, self.coords], dim=1)
+        S = self.dropout(F.relu(self.W_s(xc) + self.U_s(rhc)))           # S = ReLU(W_s X + U_s (R∘H) + b_s)
+        return (1 - Z) * H + Z * S, Z                                     # H' = (1 − Z)∘H + Z∘S
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 5. 3D inpainting (paper Sec. 3.1): a 3D U-Net over the fused grid completes unseen parts.
+#    Its output is used for rendering only; the persistent grid keeps the GRU's state.
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def make_inpainting_net(cfg: Config) -> UNet:
+    """Grid (B, C, N, N, N) -> inpainted grid of the same shape."""
+    return UNet(3, cfg.channels, cfg.channels, cfg.channels, levels=2)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 6. Projection to the canonical view volume (paper Sec. 3.2): the target camera's frustum,
+#    one sample per feature pixel and depth plane, read trilinearly from the grid.
+#    Point of pixel (u, v) at depth z:  x_world = R (z (u - cx)/f, z (v - cy)/f, z) + t
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def view_volume_points(cam2world: torch.Tensor, K_feat: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points (B, D, h, w, 3) of the view volume and the plane depths (B, D)."""
+    B, D, h = cam2world.shape[0], cfg.depth_planes, cfg.feat_size
+    near, far = view_depth_range(cam2world, cfg)
+    steps = torch.linspace(0, 1, D, device=cam2world.device)
+    depths = near[:, None] + (far - near)[:, None] * steps                         # (B, D)
+    uv = pixel_centers(h, h).to(cam2world.device)                                   # (h, w, 2)
+    xy = (uv - K_feat[:2, 2]) / torch.stack([K_feat[0, 0], K_feat[1, 1]])         # (h, w, 2) camera x/z, y/z
+    rays = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=-1)                   # (h, w, 3)
+    points_cam = depths[:, :, None, None, None] * rays                             # (B, D, h, w, 3)
+    R, t = cam2world[:, :3, :3], cam2world[:, :3, 3]
+    points = points_cam.reshape(B, -1, 3) @ R.transpose(1, 2) + t[:, None]         # (B, D*h*w, 3)
+    return points.reshape(B, D, h, h, 3), depths
+
+
+def project(grid: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample the grid (B, C, N, N, N) into view volumes (B, C, D, h, w); samples outside get 0."""
+    points, depths = view_volume_points(cam2world, K_feat, cfg)
+    coords = world_to_grid_coords(points, cfg)                                     # (B, D, h, w, 3) as (x, y, z)
+    volume = F.grid_sample(grid, coords, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return volume, depths                                                          # (B, C, D, h, w), (B, D)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 7. Occlusion (paper Sec. 3.3): a 3D network scores every depth sample of every pixel; a softmax
+#    over depth turns the scores into visibility weights w_d, and
+#       features(u, v) = Σ_d w_d(u, v) · volume_d(u, v),    depth(u, v) = Σ_d w_d(u, v) · z_d
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+class OcclusionNet(nn.Module):
+    """View volume (B, C, D, h, w) -> flat features (B, C, h, w), weights (B, D, h, w), depth (B, 1, h, w)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.prep = conv_block(3, cfg.channels + 1, cfg.occlusion_width)
+        self.unet = UNet(3, cfg.occlusion_width, 1, cfg.occlusion_width, levels=2)
+
+    def forward(self, volume: torch.Tensor, depths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, _, D, h, w = volume.shape
+        depth_channel = torch.linspace(-1, 1, D, device=volume.device).view(1, 1, D, 1, 1).expand(B, 1, D, h, w)
+        logits = self.unet(self.prep(torch.cat([volume, depth_channel], dim=1)))  # (B, 1, D, h, w)
+        weights = torch.softmax(logits[:, 0], dim=1)                               # (B, D, h, w), Σ_d w_d = 1
+        features = torch.einsum("bdhw,bcdhw->bchw", weights, volume)              # (B, C, h, w)
+        depth = torch.einsum("bdhw,bd->bhw", weights, depths)[:, None]            # (B, 1, h, w)
+        return features, weights, depth
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 8. Rendering (paper Sec. 3.4): a 2D U-Net at h x w, then transposed convs up to H x W.
+#    The output is linear (clamped only for display): a saturating output stalls the L1 loss.
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+class RenderingNet(nn.Module):
+    """Flat features (B, C, h, w) -> image (B, 3, H, W), values near [0, 1]."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        steps = int(math.log2(cfg.img_size // cfg.feat_size))
+        width = cfg.unet_width
+        self.unet = UNet(2, cfg.channels, width, width, levels=3)
+        self.upsample = nn.Sequential(*(conv_block(2, width, width, stride=2, transpose=True) for _ in range(steps)))
+        self.to_rgb = nn.Conv2d(width, 3, 3, padding=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.to_rgb(self.upsample(self.unet(features))) + 0.5   # (B, 3, H, W); 0.5 centres the start
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 9. The whole model (paper Fig. 2). Training: lift the source view, fuse it into the grid, then
+#    render the target views. Test time: grid -> inpainting -> projection -> occlusion -> rendering.
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+class DeepVoxels(nn.Module):
+    """The DeepVoxels generator with its persistent grid (a buffer: saved and moved with the model)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        assert cfg.img_size % cfg.feat_size == 0 and cfg.feat_size % 8 == 0 and cfg.grid_size % 4 == 0
+        self.cfg = cfg
+        self.encoder = FeatureExtractor(cfg)
+        self.gru = IntegrationGRU(cfg)
+        self.inpainting = make_inpainting_net(cfg)
+        self.occlusion = OcclusionNet(cfg)
+        self.renderer = RenderingNet(cfg)
+        n = cfg.grid_size
+        self.register_buffer("grid", torch.zeros(1, cfg.channels, n, n, n))   # the DeepVoxels, H
+        self.register_buffer("K", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy))
+        self.register_buffer("K_feat", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size))
+
+    def fuse(self, source_image: torch.Tensor, source_pose: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Lift one source view (1, 3, H, W) with pose (1, 4, 4) and fuse it into the grid.
+
+        The old grid enters detached, so gradients cover one step (as the authors did); the new
+        grid replaces the buffer (rebinding, not copy_, keeps the autograd graph intact).
+        """
+        features = self.encoder(source_image)                              # (1, C, h, w)
+        lifted, mask = lift(features, source_pose, self.K_feat, self.cfg)  # (1, C, N, N, N), (1, 1, N, N, N)
+        new_grid, update_gate = self.gru(lifted, self.grid.detach())
+        self.grid = new_grid.detach()
+        return {"features": features, "lifted": lifted, "lift_mask": mask,
+                "update_gate": update_gate, "grid": new_grid}
+
+    def render_grid(self, grid: torch.Tensor, poses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Render poses (B, 4, 4) from a grid (1, C, N, N, N); returns every intermediate.
+
+        Keys: rgb (B, 3, H, W), depth (B, 1, h, w), weights (B, D, h, w), view_volume
+        (B, C, D, h, w), depths (B, D), flat_features (B, C, h, w), inpainted (1, C, N, N, N).
+        """
+        inpainted = self.inpainting(grid)                                       # (1, C, N, N, N)
+        volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses, self.K_feat, self.cfg)
+        flat, weights, depth = self.occlusion(volume, depths)                   # (B, C, h, w), (B, D, h, w), (B, 1, h, w)
+        rgb = self.renderer(flat)                                               # (B, 3, H, W)
+        return {"rgb": rgb, "depth": depth, "weights": weights, "view_volume": volume,
+                "depths": depths, "flat_features": flat, "inpainted": inpainted}
+
+    def forward(self, source_image: torch.Tensor, source_pose: torch.Tensor, target_poses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training step's forward: fuse the source view, render the target poses (B, 4, 4)."""
+        fused = self.fuse(source_image, source_pose)
+        return {**fused, **self.render_grid(fused["grid"], target_poses)}
+
+    def render(self, poses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU)."""
+        return self.render_grid(self.grid, poses)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 10. Data: the DeepVoxels dataset layout and a synthetic textured cube written in it
+#     <scene>/<split>/rgb/000000.png, <scene>/<split>/pose/000000.txt, <scene>/<split>/intrinsics.txt
+#     pose: 16 numbers (4 rows or one row), an OpenCV camera-to-world matrix.
+#     intrinsics.txt, line by line: "f cx cy [ignored...]" / "x y z" grid barycenter / near plane
+#     (0: choose for me) / scale (world size of the grid) / "H W" the intrinsics refer to / [flag]
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+class DataError(Exception):
+    """Bad input, with a message that names the file and the problem."""
+
+
+@dataclass
+class Intrinsics:
+    """The contents of intrinsics.txt; None where a line is absent."""
+
+    focal: float
+    cx: float
+    cy: float
+    grid_center: tuple[float, float, float] | None = None
+    near: float = 0.0
+    grid_scale: float | None = None
+    size: tuple[int, int] | None = None  # (H, W) the focal length and principal point refer to
+
+
+def read_intrinsics(path: Path) -> Intrinsics:
+    """Parse an intrinsics.txt (format above)."""
+    try:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        if not lines or len(lines[0]) < 3:
+            raise ValueError("the first line must hold 'f cx cy'")
+        focal, cx, cy = map(float, lines[0][:3])
+        if not focal > 0:
+            raise ValueError(f"the focal length must be positive, got {focal}")
+        center = tuple(map(float, lines[1][:3])) if len(lines) > 1 else None
+        if center is not None and len(center) != 3:
+            raise ValueError("line 2 (grid barycenter) must hold 'x y z'")
+        near = float(lines[2][0]) if len(lines) > 2 else 0.0
+        scale = float(lines[3][0]) if len(lines) > 3 else 0.0
+        size = tuple(int(float(v)) for v in lines[4][:2]) if len(lines) > 4 else None
+        if size is not None and (len(size) != 2 or min(size) <= 0):
+            raise ValueError("line 5 must hold the image size 'H W'")
+    except ValueError as e:
+        raise DataError(f"{path}: malformed intrinsics: {e}") from None
+    return Intrinsics(focal, cx, cy, center, near, scale if scale > 0 else None, size)
+
+
+def read_pose(path: Path) -> np.ndarray:
+    """A 4x4 camera-to-world matrix from 16 numbers (4 rows or one row)."""
+    try:
+        values = np.array(path.read_text().split(), dtype=np.float64)
+    except ValueError:
+        raise DataError(f"{path}: pose is not a list of numbers") from None
+    if values.size != 16 or not np.isfinite(values).all():
+        raise DataError(f"{path}: pose must be 16 finite numbers (a 4x4 matrix), found {values.size}")
+    pose = values.reshape(4, 4)
+    if abs(np.linalg.det(pose)) < 1e-9:
+        raise DataError(f"{path}: pose matrix is not invertible")
+    return pose
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image as float32 (H, W, 3) in [0, 1], alpha composited on white."""
+    try:
+        image = iio.imread(path)
+    except Exception as e:  # imageio raises many types for unreadable files
+        raise DataError(f"{path}: cannot be read as an image ({e})") from None
+    scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+    image = image.astype(np.float32) / scale
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] in (2, 4):                                      # with alpha: composite on white
+        color, alpha = image[..., :-1], image[..., -1:]
+        image = color * alpha + (1 - alpha)
+    return np.broadcast_to(image, image.shape[:2] + (3,)).copy()
+
+
+@dataclass
+class Scene:
+    """One split of a scene, resized to `img_size`. Intrinsics refer to the resized images."""
+
+    images: torch.Tensor        # (V, 3, H, W) in [0, 1]
+    poses: torch.Tensor         # (V, 4, 4) OpenCV camera-to-world
+    intrinsics: Intrinsics
+    names: list[str]
+
+
+def load_split(root: str | Path, split: str, img_size: int) -> Scene:
+    """Load `root/split` of a DeepVoxels-layout scene at img_size x img_size."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (expected {split}/rgb, {split}/pose, {split}/intrinsics.txt)")
+    rgb_files = {p.stem: p for p in sorted((folder / "rgb").glob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
+    pose_files = {p.stem: p for p in sorted((folder / "pose").glob("*.txt"))}
+    if not rgb_files:
+        raise DataError(f"{folder / 'rgb'}: no images found")
+    for stem in rgb_files.keys() - pose_files.keys():
+        raise DataError(f"{rgb_files[stem]}: image has no pose file {folder / 'pose' / (stem + '.txt')}")
+    for stem in pose_files.keys() - rgb_files.keys():
+        raise DataError(f"{pose_files[stem]}: pose has no image in {folder / 'rgb'}")
+    intr = read_intrinsics(folder / "intrinsics.txt")
+    names = sorted(rgb_files)
+    images = []
+    for name in names:
+        image = read_image(rgb_files[name])
+        if images and image.shape != images[0].shape:
+            raise DataError(f"{rgb_files[name]}: image is {image.shape[1]}x{image.shape[0]}, "
+                            f"but {rgb_files[names[0]].name} is {images[0].shape[1]}x{images[0].shape[0]}")
+        images.append(image)
+    h0, w0 = images[0].shape[:2]
+    if h0 != w0:
+        raise DataError(f"{rgb_files[names[0]]}: images must be square, got {w0}x{h0}")
+    ref_h, ref_w = intr.size or (h0, w0)
+    s = img_size / ref_w  # rescale the intrinsics with the image
+    if abs(ref_h / ref_w - 1) > 1e-6:
+        raise DataError(f"{folder / 'intrinsics.txt'}: image size line {ref_h} {ref_w} is not square like the images")
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)          # (V, 3, H0, W0)
+    if h0 != img_size:
+        batch = F.interpolate(batch, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+    poses = torch.from_numpy(np.stack([read_pose(pose_files[n]) for n in names])).float()
+    intr = Intrinsics(intr.focal * s, intr.cx * s, intr.cy * s, intr.grid_center, intr.near, intr.grid_scale, (img_size, img_size))
+    return Scene(batch.clamp(0, 1).contiguous(), poses, intr, names)
+
+
+def estimate_grid_placement(poses: torch.Tensor, intr: Intrinsics) -> tuple[tuple[float, float, float], float]:
+    """Grid centre = the point nearest to every optical axis (least squares); side = the width of the
+    narrowest camera frustum at that point, so the grid stays inside every view."""
+    origins, axes = poses[:, :3, 3].double(), poses[:, :3, 2].double()
+    projector = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # I - d d^T
+    center = torch.linalg.solve(projector.sum(0), (projector @ origins[:, :, None]).sum(0))[:, 0]
+    dist = ((center - origins) * axes).sum(-1)                                 # depth of the centre
+    half_width = min(intr.cx, intr.size[1] - intr.cx, intr.cy, intr.size[0] - intr.cy) / intr.focal
+    return tuple(center.tolist()), float((2 * dist * half_width).min())
+
+
+def scene_config(train: Scene, sizes: Config, grid_center=None, grid_scale=None) -> Config:
+    """Fill the scene part of a Config: intrinsics at img_size; grid from flags, file, or cameras."""
+    est_center, est_scale = estimate_grid_placement(train.poses, train.intrinsics)
+    i = train.intrinsics
+    center = grid_center or i.grid_center or est_center
+    scale = grid_scale or i.grid_scale or est_scale
+    return Config(**{**asdict(sizes), "grid_center": tuple(center), "grid_scale": float(scale),
+                     "near": i.near, "focal": i.focal, "cx": i.cx, "cy": i.cy})
+
+
+def view_neighbours(poses: torch.Tensor, k: int = 4) -> torch.Tensor:
+    """(V, k) indices of each view's k nearest views by viewing direction, never the view itself."""
+    dirs = poses[:, :3, 2]
+    similarity = dirs @ dirs.T - 3 * torch.eye(len(poses))                    # push self to the end
+    return similarity.topk(k, dim=1).indices
+
+
+def nearest_view_baseline(train: Scene, poses: torch.Tensor) -> torch.Tensor:
+    """The paper's nearest-neighbour baseline: for each pose (B, 4, 4) copy the training image
+    (B, 3, H, W) whose viewing direction is closest."""
+    closest = (poses[:, :3, 2] @ train.poses[:, :3, 2].T).argmax(dim=1)
+    return train.images[closest]
+
+
+# The synthetic scene: a cube of side 1 at the origin, each face its own colour and a 4x4 pattern.
+CUBE_COLORS = np.array([[0.85, 0.20, 0.20], [0.20, 0.65, 0.25], [0.20, 0.35, 0.85],
+                        [0.90, 0.70, 0.15], [0.60, 0.25, 0.75], [0.15, 0.70, 0.75]])
+CUBE_LIGHT = np.array([0.4, 0.3, 0.866])  # a fixed world-space light: faces differ in brightness
+
+
+def cube_color(points: np.ndarray, normals_axis: np.ndarray, sign: np.ndarray) -> np.ndarray:
+    """Colour (P, 3) of surface points (P, 3) on the faces given by axis (P,) and sign (P,)."""
+    face = 2 * normals_axis + (sign > 0)                                   # 0..5: -x, +x, -y, +y, -z, +z
+    other = np.stack([(normals_axis + 1) % 3, (normals_axis + 2) % 3], axis=1)
+    st = np.take_along_axis(points, other, axis=1) + 0.5                   # (P, 2) face coordinates in [0, 1]
+    cell = np.floor(st * 4)
+    checker = (cell.sum(1) % 2) == 0
+    dots = np.linalg.norm(st * 4 - cell - 0.5, axis=1) < 0.32              # a 4x4 lattice of discs
+    on = np.where(face % 2 == 0, checker, dots)
+    base = CUBE_COLORS[face]
+    color = np.where(on[:, None], base, (base + 1) / 2)                    # "off" cells: a lighter tint
+    normal = np.zeros_like(points)
+    normal[np.arange(len(points)), normals_axis] = sign
+    shade = 0.75 + 0.25 * np.clip(normal @ (CUBE_LIGHT / np.linalg.norm(CUBE_LIGHT)), 0, 1)
+    return color * shade[:, None]
+
+
+def render_cube(pose: np.ndarray, focal: float, size: int, supersample: int = 3) -> np.ndarray:
+    """Ray-cast the cube from a camera-to-world pose: (size, size, 3) in [0, 1], white background."""
+    n = size * supersample
+    ticks = (np.arange(n) + 0.5) / supersample                             # sub-pixel centres in pixels
+    u, v = np.meshgrid(ticks, ticks)
+    dirs_cam = np.stack([(u - size / 2) / focal, (v - size / 2) / focal, np.ones_like(u)], -1).reshape(-1, 3)
+    dirs = dirs_cam @ pose[:3, :3].T
+    origin = pose[:3, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):                   # slab test for the box [-0.5, 0.5]^3
+        t0, t1 = (-0.5 - origin) / dirs, (0.5 - origin) / dirs
+    t_near = np.minimum(t0, t1).max(1)
+    t_far = np.maximum(t0, t1).min(1)
+    hit = (t_near < t_far) & (t_near > 0)
+    image = np.ones((len(dirs), 3))
+    points = origin + t_near[hit, None] * dirs[hit]
+    axis = np.minimum(t0, t1)[hit].argmax(1)                               # the slab entered last is the face
+    image[hit] = cube_color(points, axis, np.sign(points[np.arange(len(points)), axis]))
+    return image.reshape(size, supersample, size, supersample, 3).mean((1, 3))
+
+
+def make_cube_scene(root: str | Path, n_train: int = 100, n_test: int = 24, size: int = 128,
+                    radius: float = 2.5, grid_scale: float = 1.25) -> None:
+    """Write the synthetic cube in the DeepVoxels layout (deterministic; a few seconds).
+
+    Training cameras lie on a Fibonacci sphere around the cube; test cameras on a spiral between
+    them (elevation between -50 and 50 degrees, two turns). All look at the origin.
+    """
+    focal = 1.25 * size  # a 44-degree field of view: the cube fills about two thirds of the image
+    i = np.arange(n_train) + 0.5
+    z = 1 - 2 * i / n_train
+    phi = np.pi * (1 + 5 ** 0.5) * i
+    train_eyes = np.stack([np.sqrt(1 - z ** 2) * np.cos(phi), np.sqrt(1 - z ** 2) * np.sin(phi), z], 1)
+    s = np.linspace(0, 1, n_test, endpoint=False)
+    elev, azim = np.radians(50) * np.sin(2 * np.pi * s), 4 * np.pi * s + 0.3
+    test_eyes = np.stack([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)], 1)
+    for split, eyes in (("train", train_eyes), ("test", test_eyes)):
+        folder = Path(root) / split
+        (folder / "rgb").mkdir(parents=True, exist_ok=True)
+        (folder / "pose").mkdir(exist_ok=True)
+        (folder / "intrinsics.txt").write_text(
+            f"{focal} {size / 2} {size / 2} 0.\n0. 0. 0.\n0.\n{grid_scale}\n{size} {size}\n")
+        for k, eye in enumerate(eyes):
+            pose = look_at(radius * eye, np.zeros(3))
+            image = render_cube(pose, focal, size)
+            iio.imwrite(folder / "rgb" / f"{k:06d}.png", (image * 255).round().astype(np.uint8))
+            np.savetxt(folder / "pose" / f"{k:06d}.txt", pose, fmt="%.8f")
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 11. Metrics: PSNR and SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03)
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of (B, 3, H, W) images in [0, 1]:  -10 log10(MSE)."""
+    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp(min=1e-10))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of (B, 3, H, W) images in [0, 1], averaged over channels and valid windows."""
+    x, y = pred.clamp(0, 1).double(), target.double()
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5 ** 2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
+
+    def blur(img: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(img, window, groups=3)                              # (B, 3, H-10, W-10)
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def colorize_depth(depth: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Depth maps (B, 1, h, w) to viridis images (B, 3, size, size), near = bright."""
+    import matplotlib  # only for its colormap
+
+    lo, hi = depth.amin(dim=(1, 2, 3), keepdim=True), depth.amax(dim=(1, 2, 3), keepdim=True)
+    normalized = 1 - (depth - lo) / (hi - lo).clamp(min=1e-8)
+    colors = torch.from_numpy(matplotlib.colormaps["viridis"](normalized[:, 0].cpu().numpy())[..., :3]).float()
+    colors = colors.permute(0, 3, 1, 2)                                     # (B, 3, h, w)
+    return colors if size is None else F.interpolate(colors, size=(size, size), mode="nearest")
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 12. Checkpoints: plain data (weights_only loading), written atomically
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[DeepVoxels, dict]:
+    """Rebuild the model from a checkpoint (its own Config); returns the model and the whole state."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
+        model = DeepVoxels(cfg).to(device)
+        model.load_state_dict(state["model"])
+    except Exception as e:  # unpickling, missing keys and shape mismatches all mean "not ours"
+        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return model, state

@@ -1,0 +1,174 @@
+"""Train DeepVoxels on one scene:  python train.py --data ./cube
+
+Each step (as the authors did): target 1 is a random training view, the source one of its four
+nearest neighbours by viewing direction (never itself), target 2 another random view. The source
+is lifted and fused into the persistent grid, both targets are rendered, and the loss is L1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imageio.v3 as iio
+import torch
+import torch.nn.functional as F
+
+import deepvoxels as dv
+
+
+@dataclass
+class TrainConfig:
+    """Everything about the run that is not the model."""
+
+    data: str = field(default="./cube", metadata={"help": "scene folder in the DeepVoxels layout; a missing folder named 'cube' is generated"})
+    out: str = field(default="", metadata={"help": "run folder for checkpoint, logs and previews (default: runs/<scene name>)"})
+    iters: int = field(default=100_000, metadata={"help": "stop after this many steps"})
+    minutes: float = field(default=10.0, metadata={"help": "stop after this much training time (0: no limit)"})
+    lr: float = field(default=4e-4, metadata={"help": "Adam learning rate (the authors: 4e-4)"})
+    crop: int = field(default=0, metadata={"help": "border pixels left out of the loss (the authors: 5 of 512)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu or cuda"})
+    eval_every: float = field(default=30.0, metadata={"help": "seconds of training between held-out evaluations"})
+    log_every: float = field(default=5.0, metadata={"help": "seconds between log lines"})
+    grid_center: str = field(default="", metadata={"help": "'x y z' world centre of the grid (default: intrinsics.txt, else estimated)"})
+    grid_scale: float = field(default=0.0, metadata={"help": "world side length of the grid (default: intrinsics.txt, else estimated)"})
+    resume: bool = field(default=False, metadata={"help": "continue from <out>/ckpt.pt"})
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
+    """Flags for every field of TrainConfig and of the model sizes in deepvoxels.Config."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sizes = [f for f in dataclasses.fields(dv.Config) if "help" in f.metadata]
+    for f in dataclasses.fields(TrainConfig) + tuple(sizes):
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+    args = vars(parser.parse_args(argv))
+    train = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
+    return train, dv.Config(**{f.name: args[f.name] for f in sizes})
+
+
+def evaluate(model: dv.DeepVoxels, test: dv.Scene, device: str) -> tuple[float, dict]:
+    """Mean held-out PSNR of the test views rendered from the grid alone, and the first renders."""
+    model.eval()
+    with torch.no_grad():
+        outs = [model.render(poses.to(device)) for poses in test.poses.split(8)]
+    model.train()
+    rgb = torch.cat([o["rgb"] for o in outs]).cpu()
+    return dv.psnr(rgb, test.images).mean().item(), {"rgb": rgb[:4], "depth": outs[0]["depth"][:4].cpu()}
+
+
+def save_preview(path: Path, test: dv.Scene, renders: dict) -> None:
+    """PNG with one row per held-out view: target | prediction | depth."""
+    size = test.images.shape[-1]
+    rows = torch.cat([test.images[:4], renders["rgb"].clamp(0, 1), dv.colorize_depth(renders["depth"], size)], dim=3)
+    image = rows.permute(0, 2, 3, 1).reshape(-1, rows.shape[-1], 3)         # rows stacked vertically
+    iio.imwrite(path, (image.numpy() * 255).round().astype("uint8"))
+
+
+def main(argv=None) -> None:
+    run, sizes = parse_args(argv)
+    torch.set_flush_denormal(True)  # denormal floats in the grid otherwise double the step time
+    data = Path(run.data)
+    if not data.exists() and data.name == "cube":
+        print(f"{data} does not exist: generating the synthetic cube there (a few seconds)")
+        dv.make_cube_scene(data)
+    if not data.is_dir():
+        raise dv.DataError(f"{data}: no such data folder")
+    train = dv.load_split(data, "train", sizes.img_size)
+    test = dv.load_split(data, "test", sizes.img_size) if (data / "test").is_dir() else train
+    center = tuple(map(float, run.grid_center.split())) if run.grid_center else None
+    cfg = dv.scene_config(train, sizes, center, run.grid_scale or None)
+    out = Path(run.out or Path("runs") / data.resolve().name)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "ckpt.pt"
+
+    torch.manual_seed(run.seed)
+    sampler = torch.Generator().manual_seed(run.seed)
+    model = dv.DeepVoxels(cfg).to(run.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.lr)
+    step, seconds, history = 0, 0.0, []
+    if run.resume:
+        resumed, state = dv.load_checkpoint(ckpt_path, run.device)
+        if resumed.cfg != cfg:
+            raise dv.DataError(f"{ckpt_path}: checkpoint was trained with another configuration ({resumed.cfg} vs {cfg})")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, seconds, history = state["step"], state["seconds"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        sampler.set_state(state["sampler_rng"])
+        print(f"resumed {ckpt_path} at step {step}")
+
+    def checkpoint() -> None:
+        dv.save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+            "train_config": dataclasses.asdict(run), "step": step, "seconds": seconds, "history": history,
+            "torch_rng": torch.get_rng_state(), "sampler_rng": sampler.get_state()})
+
+    images, poses = train.images.to(run.device), train.poses.to(run.device)
+    neighbours = dv.view_neighbours(train.poses)                              # (V, 4)
+    baseline = dv.psnr(dv.nearest_view_baseline(train, test.poses), test.images).mean().item()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{len(train.names)} training views, {len(test.names)} test views at {cfg.img_size}px; "
+          f"{n_params / 1e6:.2f}M parameters; grid {cfg.grid_size}^3 x {cfg.channels} "
+          f"centred at {cfg.grid_center}, side {cfg.grid_scale:.3g}; device {run.device}")
+    print(f"nearest-neighbour baseline on the test views: {baseline:.2f} dB PSNR")
+    budget = run.minutes * 60 if run.minutes > 0 else math.inf
+    next_eval = (seconds // run.eval_every + 1) * run.eval_every
+    last_log, last_log_step, start = time.perf_counter(), step, time.perf_counter() - seconds
+    c = run.crop
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
+    try:
+        while step < run.iters and seconds < budget:
+            target1 = torch.randint(len(images), (), generator=sampler).item()
+            source = neighbours[target1, torch.randint(4, (), generator=sampler)].item()
+            target2 = torch.randint(len(images), (), generator=sampler).item()
+            out_ = model(images[source:source + 1], poses[source:source + 1], poses[[target1, target2]])
+            pred, target = out_["rgb"], images[[target1, target2]]
+            loss = F.l1_loss(pred[..., c:pred.shape[-2] - c, c:pred.shape[-1] - c], target[..., c:target.shape[-2] - c, c:target.shape[-1] - c])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            seconds = time.perf_counter() - start
+            if seconds >= next_eval or step == run.iters or seconds >= budget:
+                eval_start = time.perf_counter()
+                test_psnr, renders = evaluate(model, test, run.device)
+                history.append({"step": step, "minutes": round(seconds / 60, 3), "test_psnr": round(test_psnr, 3)})
+                save_preview(out / "preview.png", test, renders)
+                (out / "history.json").write_text(json.dumps(history, indent=1))
+                checkpoint()
+                next_eval += run.eval_every
+                start += time.perf_counter() - eval_start  # evaluation time does not count as training
+            now = time.perf_counter()
+            if now - last_log >= run.log_every or step == run.iters or seconds >= budget:
+                ms = 1000 * (now - last_log) / max(step - last_log_step, 1)
+                left = min(budget - seconds, (run.iters - step) * ms / 1000)
+                held_out = f"{history[-1]['test_psnr']:.2f} dB" if history else "-"
+                print(f"step {step:6d} | loss {loss.item():.4f} | test PSNR {held_out} | {ms:5.0f} ms/step | "
+                      f"grid max {model.grid.abs().max().item():.3g} | {left / 60:4.1f} min left", flush=True)
+                last_log, last_log_step = now, step
+    except KeyboardInterrupt:
+        print("interrupted: saving the checkpoint before exiting")
+        checkpoint()
+        sys.exit(130)
+    checkpoint()
+    print(f"done: step {step}, {seconds / 60:.1f} min, test PSNR {history[-1]['test_psnr']:.2f} dB "
+          f"(nearest-neighbour baseline {baseline:.2f} dB); checkpoint {ckpt_path}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except dv.DataError as e:
+        sys.exit(f"error: {e}")
