@@ -123,6 +123,14 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0,
     return pose
 
 
+def orbit_poses(center: tuple[float, float, float], radius: float, n: int, elevation: float = 20.0) -> torch.Tensor:
+    """(n, 4, 4) cameras evenly spaced on a circle at `elevation` degrees around `center`, world z up."""
+    azimuth = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    el = np.radians(elevation)
+    eyes = np.stack([np.cos(el) * np.cos(azimuth), np.cos(el) * np.sin(azimuth), np.full(n, np.sin(el))], 1)
+    return torch.from_numpy(np.stack([look_at(np.asarray(center) + radius * e, np.asarray(center)) for e in eyes])).float()
+
+
 def voxel_centers(cfg: Config) -> torch.Tensor:
     """World positions (N, N, N, 3) of the voxel centres, indexed [z, y, x], stored as (x, y, z).
 
@@ -147,6 +155,15 @@ def view_depth_range(cam2world: torch.Tensor, cfg: Config) -> tuple[torch.Tensor
     dist = (cam2world[:, :3, 3] - center).norm(dim=-1)
     near = (dist - radius).clamp(min=0.05 * radius) if cfg.near <= 0 else torch.full_like(dist, cfg.near)
     return near, dist + radius
+
+
+def mixed_precision(device: str, precision: str = "auto") -> torch.autocast:
+    """bf16 autocast where it pays off (a GPU, or a CPU with bf16 units: 2x faster steps here),
+    plain fp32 otherwise. `precision` is "auto", "bf16" or "fp32"."""
+    kind = torch.device(device).type
+    if precision == "auto":
+        precision = "bf16" if kind == "cuda" or (kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()) else "fp32"
+    return torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -313,16 +330,15 @@ class OcclusionNet(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        self.prep = conv_block(3, cfg.channels + 1, cfg.occlusion_width)
-        self.unet = UNet(3, cfg.occlusion_width, 1, cfg.occlusion_width, levels=2)
+        self.unet = UNet(3, cfg.channels + 1, 1, cfg.occlusion_width, levels=2)
 
     def forward(self, volume: torch.Tensor, depths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, _, D, h, w = volume.shape
         depth_channel = torch.linspace(-1, 1, D, device=volume.device).view(1, 1, D, 1, 1).expand(B, 1, D, h, w)
-        logits = self.unet(self.prep(torch.cat([volume, depth_channel], dim=1)))  # (B, 1, D, h, w)
-        weights = torch.softmax(logits[:, 0], dim=1)                               # (B, D, h, w), Σ_d w_d = 1
-        features = torch.einsum("bdhw,bcdhw->bchw", weights, volume)              # (B, C, h, w)
-        depth = torch.einsum("bdhw,bd->bhw", weights, depths)[:, None]            # (B, 1, h, w)
+        logits = self.unet(torch.cat([volume, depth_channel.to(volume.dtype)], dim=1))  # (B, 1, D, h, w)
+        weights = torch.softmax(logits[:, 0].float(), dim=1)                      # (B, D, h, w), Σ_d w_d = 1
+        features = (weights[:, None] * volume).sum(dim=2)                          # (B, C, h, w)
+        depth = (weights * depths[:, :, None, None]).sum(dim=1, keepdim=True)      # (B, 1, h, w)
         return features, weights, depth
 
 

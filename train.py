@@ -36,6 +36,7 @@ class TrainConfig:
     crop: int = field(default=0, metadata={"help": "border pixels left out of the loss (the authors: 5 of 512)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu or cuda"})
+    precision: str = field(default="auto", metadata={"help": "bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units"})
     eval_every: float = field(default=30.0, metadata={"help": "seconds of training between held-out evaluations"})
     log_every: float = field(default=5.0, metadata={"help": "seconds between log lines"})
     grid_center: str = field(default="", metadata={"help": "'x y z' world centre of the grid (default: intrinsics.txt, else estimated)"})
@@ -58,14 +59,14 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
     return train, dv.Config(**{f.name: args[f.name] for f in sizes})
 
 
-def evaluate(model: dv.DeepVoxels, test: dv.Scene, device: str) -> tuple[float, dict]:
+def evaluate(model: dv.DeepVoxels, test: dv.Scene, device: str, precision: str) -> tuple[float, dict]:
     """Mean held-out PSNR of the test views rendered from the grid alone, and the first renders."""
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), dv.mixed_precision(device, precision):
         outs = [model.render(poses.to(device)) for poses in test.poses.split(8)]
     model.train()
     rgb = torch.cat([o["rgb"] for o in outs]).cpu()
-    return dv.psnr(rgb, test.images).mean().item(), {"rgb": rgb[:4], "depth": outs[0]["depth"][:4].cpu()}
+    return dv.psnr(rgb.float(), test.images).mean().item(), {"rgb": rgb[:4].float(), "depth": outs[0]["depth"][:4].float().cpu()}
 
 
 def save_preview(path: Path, test: dv.Scene, renders: dict) -> None:
@@ -133,8 +134,10 @@ def main(argv=None) -> None:
             target1 = torch.randint(len(images), (), generator=sampler).item()
             source = neighbours[target1, torch.randint(4, (), generator=sampler)].item()
             target2 = torch.randint(len(images), (), generator=sampler).item()
-            out_ = model(images[source:source + 1], poses[source:source + 1], poses[[target1, target2]])
-            pred, target = out_["rgb"], images[[target1, target2]]
+            with dv.mixed_precision(run.device, run.precision):
+                pred = model(images[source:source + 1], poses[source:source + 1], poses[[target1, target2]])["rgb"]
+            target = images[[target1, target2]]
+            pred = pred.float()
             loss = F.l1_loss(pred[..., c:pred.shape[-2] - c, c:pred.shape[-1] - c], target[..., c:target.shape[-2] - c, c:target.shape[-1] - c])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -143,7 +146,7 @@ def main(argv=None) -> None:
             seconds = time.perf_counter() - start
             if seconds >= next_eval or step == run.iters or seconds >= budget:
                 eval_start = time.perf_counter()
-                test_psnr, renders = evaluate(model, test, run.device)
+                test_psnr, renders = evaluate(model, test, run.device, run.precision)
                 history.append({"step": step, "minutes": round(seconds / 60, 3), "test_psnr": round(test_psnr, 3)})
                 save_preview(out / "preview.png", test, renders)
                 (out / "history.json").write_text(json.dumps(history, indent=1))

@@ -1,0 +1,364 @@
+"""Tests: each stage of deepvoxels.py against something independent (hand-computed projections,
+naive loops, analytic depths, exact round trips). CPU only, offline; run with `pytest`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import deepvoxels as dv
+import train
+
+HERE = Path(__file__).parent
+TINY = dv.Config(img_size=16, feat_size=8, grid_size=8, channels=8, depth_planes=8, unet_width=8, occlusion_width=4)
+TINY_FLAGS = ["--img_size", "16", "--feat_size", "8", "--grid_size", "8", "--channels", "8",
+              "--depth_planes", "8", "--unet_width", "8", "--occlusion_width", "4"]
+
+
+@pytest.fixture(scope="session")
+def cube(tmp_path_factory) -> Path:
+    """A small synthetic cube scene on disk (12 training and 4 test views at 32 px)."""
+    root = tmp_path_factory.mktemp("data") / "cube"
+    dv.make_cube_scene(root, n_train=12, n_test=4, size=32)
+    return root
+
+
+def camera(eye, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """(1, 4, 4) OpenCV pose looking at target."""
+    return torch.from_numpy(dv.look_at(np.array(eye, float), np.array(target, float))).float()[None]
+
+
+# ── 1. Cameras ──────────────────────────────────────────────────────────────────────────────
+
+def test_projection_matches_hand_computation():
+    # Camera at (0, 0, -5) with identity rotation: camera axes = world axes.
+    pose = torch.eye(4)[None]
+    pose[0, 2, 3] = -5.0
+    K = dv.intrinsics_matrix(100.0, 50.0, 40.0)
+    uv, z = dv.camera_to_pixel(dv.world_to_camera(torch.tensor([[[1.0, 2.0, 5.0]]]), pose), K)
+    # camera coords (1, 2, 10): u = 100 * 1/10 + 50 = 60, v = 100 * 2/10 + 40 = 60
+    assert torch.allclose(uv, torch.tensor([[[60.0, 60.0]]])) and torch.allclose(z, torch.tensor([[10.0]]))
+
+
+def test_look_at_is_opencv_and_pixel_to_ray_round_trips():
+    pose = camera([3.0, 1.0, 2.0])
+    K = dv.intrinsics_matrix(80.0, 32.0, 32.0)
+    uv, z = dv.camera_to_pixel(dv.world_to_camera(torch.zeros(1, 1, 3), pose), K)
+    assert torch.allclose(uv[0, 0], torch.tensor([32.0, 32.0]), atol=1e-4)   # target on the principal point
+    assert z.item() == pytest.approx(14 ** 0.5, rel=1e-5)
+    up_world = dv.world_to_camera(torch.tensor([[[0.0, 0.0, 0.5]]]), pose)
+    assert up_world[0, 0, 1] < 0                                              # world up is image up (y down)
+    points = torch.randn(1, 20, 3) * 0.5
+    uv, z = dv.camera_to_pixel(dv.world_to_camera(points, pose), K)
+    origins, dirs = dv.pixel_to_ray(uv[0], K, pose[0])
+    assert torch.allclose(origins + z[0, :, None] * dirs, points[0], atol=1e-4)
+
+
+def test_opengl_to_opencv_flips_y_and_z():
+    gl = torch.eye(4)
+    gl[:3, 3] = torch.tensor([0.0, 0.0, 4.0])  # OpenGL camera at z = 4 looking down -z, at the origin
+    cv = dv.opengl_to_opencv(gl)
+    uv, z = dv.camera_to_pixel(dv.world_to_camera(torch.tensor([[[0.0, 1.0, 0.0]]]), cv[None]), dv.intrinsics_matrix(10, 0, 0))
+    assert z.item() == pytest.approx(4.0)      # in front of the camera
+    assert uv[0, 0, 1] < 0                      # world +y (OpenGL up) is up in the image: v < cy
+
+
+# ── grid addressing: grid_sample against a naive trilinear loop ────────────────────────────
+
+def naive_trilinear(grid: np.ndarray, point: np.ndarray, cfg: dv.Config) -> np.ndarray:
+    """Trilinear interpolation written out: grid (C, z, y, x), voxel centres at -L/2 + (i + 0.5) L/N."""
+    n, L = cfg.grid_size, cfg.grid_scale
+    idx = (point - np.array(cfg.grid_center)) / L * n + n / 2 - 0.5   # continuous (x, y, z) voxel index
+    out = np.zeros(grid.shape[0])
+    base = np.floor(idx).astype(int)
+    for corner in np.ndindex(2, 2, 2):
+        i = base + corner
+        weight = np.prod(1 - np.abs(idx - i))
+        if (i >= 0).all() and (i < n).all():
+            out += weight * grid[:, i[2], i[1], i[0]]
+    return out
+
+
+def test_grid_addressing_matches_naive_loop():
+    cfg = replace(TINY, grid_center=(0.3, -0.2, 0.1), grid_scale=2.0)
+    torch.manual_seed(0)
+    grid = torch.randn(1, 3, 8, 8, 8)
+    centers = dv.voxel_centers(cfg)                                       # (N, N, N, 3)
+    sampled = nn.functional.grid_sample(grid, dv.world_to_grid_coords(centers, cfg)[None], align_corners=False)
+    assert torch.allclose(sampled, grid, atol=1e-5)                        # voxel centres read back exactly
+    points = torch.rand(30, 3) * 2.4 - 1.2 + torch.tensor(cfg.grid_center)  # some fall outside the grid
+    sampled = nn.functional.grid_sample(grid, dv.world_to_grid_coords(points, cfg).view(1, 1, 1, 30, 3), align_corners=False)
+    expected = np.stack([naive_trilinear(grid[0].numpy(), p, cfg) for p in points.numpy()], 1)
+    assert np.allclose(sampled[0, :, 0, 0].numpy(), expected, atol=1e-5)
+
+
+# ── 3. Lifting ─────────────────────────────────────────────────────────────────────────────
+
+def test_lifting_matches_naive_projection_loop():
+    cfg = replace(TINY, grid_scale=1.0, focal=16.0, cx=8.0, cy=8.0)
+    pose = camera([0.3, -1.8, 0.9])
+    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size)
+    features = torch.zeros(1, 2, 8, 8)
+    features[0, 0, 3, 5] = 1.0                                            # one bright pixel: row 3, column 5
+    features[0, 1] = 1.0                                                  # a constant channel: the image footprint
+    lifted, mask = dv.lift(features, pose, K_feat, cfg)
+    c2w = pose[0].double().numpy()
+    for (k, j, i), center in zip(np.ndindex(8, 8, 8), dv.voxel_centers(cfg).reshape(-1, 3).double().numpy()):
+        x, y, z = c2w[:3, :3].T @ (center - c2w[:3, 3])
+        u, v = 4.0 * x / z + 4.0, 4.0 * y / z + 4.0                       # K at feature size: f = 4, c = 4
+        inside = z > 0 and 0 <= u <= 8 and 0 <= v <= 8
+        assert mask[0, 0, k, j, i] == float(inside)
+        # bilinear weight of pixel (3, 5), whose centre is at (5.5, 3.5)
+        expected = max(0, 1 - abs(u - 5.5)) * max(0, 1 - abs(v - 3.5)) if inside else 0.0
+        assert lifted[0, 0, k, j, i].item() == pytest.approx(expected, abs=1e-5)
+        if inside and 0.5 <= u <= 7.5 and 0.5 <= v <= 7.5:
+            assert lifted[0, 1, k, j, i].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_lifting_zeroes_voxels_behind_the_camera():
+    cfg = replace(TINY, grid_scale=1.0, focal=4.0, cx=8.0, cy=8.0)        # a very wide field of view
+    pose = camera([0.0, 0.0, 0.0], target=(1.0, 0.0, 0.0))                # inside the grid, looking along +x
+    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)
+    lifted, mask = dv.lift(torch.ones(1, 1, 8, 8), pose, K_feat, cfg)
+    assert mask[..., :4].sum() == 0 and lifted[..., :4].abs().sum() == 0  # x < 0: behind
+    assert mask[..., 4:].sum() > 0
+
+
+def test_lift_then_project_returns_each_pixels_feature():
+    cfg = replace(TINY, grid_size=32, grid_scale=1.0, focal=40.0, cx=8.0, cy=8.0, depth_planes=16)
+    pose = camera([0.0, -2.5, 0.5])
+    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)
+    uv = dv.pixel_centers(8, 8)
+    features = (uv / 8).permute(2, 0, 1)[None]                           # (1, 2, 8, 8): each pixel's (u, v)
+    lifted, _ = dv.lift(features, pose, K_feat, cfg)
+    volume, _ = dv.project(lifted, pose, K_feat, cfg)                     # (1, 2, D, 8, 8)
+    points, _ = dv.view_volume_points(pose, K_feat, cfg)
+    inside = (dv.world_to_grid_coords(points, cfg).abs() < 0.8).all(-1)   # well inside the grid
+    expected = (uv / 8).expand(cfg.depth_planes, 8, 8, 2)
+    error = (volume[0].permute(1, 2, 3, 0) - expected)[inside[0]]
+    assert inside.sum() > 100 and error.abs().max() < 0.02
+
+
+# ── 4. GRU integration ────────────────────────────────────────────────────────────────────
+
+def test_gru_keeps_H_when_Z_is_0_and_takes_S_when_Z_is_1():
+    gru = dv.IntegrationGRU(TINY).eval()                                  # eval: no dropout
+    X, H = torch.randn(1, 8, 8, 8, 8), torch.randn(1, 8, 8, 8, 8)
+    with torch.no_grad():
+        for conv in (gru.W_z, gru.U_z):
+            conv.weight.zero_()
+        gru.W_z.bias.fill_(-100.0)                                        # Z = σ(-100) = 0
+        assert torch.allclose(gru(X, H)[0], H, atol=1e-6)
+        gru.W_z.bias.fill_(100.0)                                         # Z = 1
+        xc, hc = torch.cat([X, gru.coords], 1), torch.cat([H, gru.coords], 1)
+        R = torch.sigmoid(gru.W_r(xc) + gru.U_r(hc))
+        S = torch.relu(gru.W_s(xc) + gru.U_s(torch.cat([R * H, gru.coords], 1)))
+        assert torch.allclose(gru(X, H)[0], S, atol=1e-5)
+
+
+def test_fuse_updates_the_persistent_grid_and_detaches_it():
+    torch.manual_seed(0)
+    model = dv.DeepVoxels(TINY)
+    assert model.grid.abs().sum() == 0 and "grid" in model.state_dict()
+    out = model.fuse(torch.rand(1, 3, 16, 16), camera([0.0, -3.0, 0.0]))
+    assert torch.equal(model.grid, out["grid"].detach()) and model.grid.abs().sum() > 0
+    assert not model.grid.requires_grad and out["grid"].requires_grad
+
+
+# ── 6-7. Projection and occlusion ─────────────────────────────────────────────────────────
+
+class FeatureMagnitude(nn.Module):
+    """A stand-in occlusion U-Net whose logit is 50x the first feature: picks the brightest sample."""
+
+    def forward(self, x):
+        return 50 * x[:, :1]
+
+
+def test_occlusion_of_an_opaque_slab_gives_its_analytic_depth():
+    cfg = replace(TINY, grid_size=16, grid_scale=2.0, depth_planes=64, focal=16.0, cx=8.0, cy=8.0)
+    grid = torch.zeros(1, 8, 16, 16, 16)
+    grid[:, :, 4] = 1.0                          # an opaque slab: the voxel layer z index 4, world z = -0.4375
+    pose = torch.eye(4)[None]
+    pose[0, 2, 3] = -3.0                         # camera at z = -3 looking along +z: slab depth 2.5625
+    occlusion = dv.OcclusionNet(cfg)
+    occlusion.unet = FeatureMagnitude()
+    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)
+    volume, depths = dv.project(grid, pose, K_feat, cfg)
+    features, weights, depth = occlusion(volume, depths)
+    assert torch.allclose(weights.sum(1), torch.ones(1, 8, 8), atol=1e-5)  # a distribution over depth
+    center = depth[0, 0, 2:6, 2:6]                                        # rays that cross the slab
+    spacing = (depths[0, 1] - depths[0, 0]).item()
+    assert (center - 2.5625).abs().max() < spacing / 2
+    assert torch.allclose(features[0, :, 2:6, 2:6], (weights[:, None] * volume).sum(2)[0, :, 2:6, 2:6])
+
+
+def test_view_volume_covers_the_grid():
+    cfg = replace(TINY, grid_scale=1.0, focal=16.0, cx=8.0, cy=8.0)
+    pose = camera([2.0, 0.5, -1.0])
+    near, far = dv.view_depth_range(pose, cfg)
+    corners = torch.tensor(list(np.ndindex(2, 2, 2)), dtype=torch.float32) - 0.5
+    _, z = dv.camera_to_pixel(dv.world_to_camera(corners[None], pose), dv.intrinsics_matrix(16, 8, 8))
+    assert near.item() <= z.min().item() and far.item() >= z.max().item()
+
+
+# ── 9. The whole model ────────────────────────────────────────────────────────────────────
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    cfg = replace(TINY, grid_scale=1.25, focal=20.0, cx=8.0, cy=8.0)
+    model = dv.DeepVoxels(cfg)
+    model.fuse(torch.rand(1, 3, 16, 16), camera([0.0, -2.5, 0.0]))     # a non-zero grid, so U_* see input
+    out = model(torch.rand(1, 3, 16, 16), camera([0.5, -2.5, 0.3]), torch.cat([camera([2.5, 0, 0]), camera([0, 0, 2.5])]))
+    (out["rgb"] - 0.3).abs().mean().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_render_uses_only_the_grid():
+    torch.manual_seed(0)
+    model = dv.DeepVoxels(replace(TINY, grid_scale=1.25, focal=20.0, cx=8.0, cy=8.0)).eval()
+    model.encoder = model.gru = None                                      # the test-time path must not need them
+    out = model.render(torch.cat([camera([2.5, 0, 0]), camera([0, 2.5, 0])]))
+    assert out["rgb"].shape == (2, 3, 16, 16) and out["depth"].shape == (2, 1, 8, 8)
+    assert torch.allclose(out["weights"].sum(1), torch.ones(2, 8, 8), atol=1e-5)
+
+
+def test_short_overfit_lowers_the_loss(cube):
+    torch.manual_seed(0)
+    scene = dv.load_split(cube, "train", 16)
+    model = dv.DeepVoxels(dv.scene_config(scene, TINY))
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    images, poses = scene.images[:3], scene.poses[:3]
+    losses = []
+    for step in range(80):
+        source, target = step % 3, (step + 1) % 3
+        out = model(images[source:source + 1], poses[source:source + 1], poses[[target, source]])
+        loss = (out["rgb"] - images[[target, source]]).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+
+
+# ── 10. Data ──────────────────────────────────────────────────────────────────────────────
+
+def test_cube_is_deterministic_and_opaque_where_expected(cube, tmp_path):
+    dv.make_cube_scene(tmp_path / "again", n_train=12, n_test=4, size=32)
+    for name in ("train/rgb/000003.png", "test/pose/000001.txt", "train/intrinsics.txt"):
+        assert (cube / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    pose = dv.look_at(np.array([2.5, 0, 0]), np.zeros(3))
+    image = dv.render_cube(pose, focal=32.0, size=32)
+    # The cube's +x face spans |y|, |z| <= 0.5 at distance 2: pixels within 32 * 0.5/2 = 8 of the centre.
+    assert (image[9:23, 9:23] < 0.99).any(-1).all() and np.allclose(image[:5], 1.0) and np.allclose(image[27:], 1.0)
+
+
+def test_loader_reads_both_pose_layouts_alpha_and_rescales_intrinsics(tmp_path):
+    folder = tmp_path / "scene" / "train"
+    (folder / "rgb").mkdir(parents=True)
+    (folder / "pose").mkdir()
+    pose = dv.look_at(np.array([0.0, -2.0, 1.0]), np.zeros(3))
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[8:, :, 3] = 255                                                   # top quarter transparent
+    for k in range(2):
+        iio.imwrite(folder / "rgb" / f"{k:06d}.png", rgba)
+    np.savetxt(folder / "pose" / "000000.txt", pose)                      # 4 rows
+    np.savetxt(folder / "pose" / "000001.txt", pose.reshape(1, 16))       # one row of 16
+    (folder / "intrinsics.txt").write_text("40 16 16 0\n0 0 0\n0\n1.5\n32 32\n1\n")
+    scene = dv.load_split(tmp_path / "scene", "train", 16)
+    assert torch.allclose(scene.poses[0], scene.poses[1]) and torch.allclose(scene.poses[0].double(), torch.from_numpy(pose), atol=1e-6)
+    assert (scene.intrinsics.focal, scene.intrinsics.cx, scene.intrinsics.grid_scale) == (20.0, 8.0, 1.5)
+    assert torch.allclose(scene.images[0, :, 0], torch.tensor([1.0, 1.0, 1.0])[:, None])   # white where transparent
+    assert torch.allclose(scene.images[0, :, -1], torch.tensor([1.0, 0.0, 0.0])[:, None])  # red where opaque
+
+
+def test_scene_config_estimates_the_grid_when_the_file_does_not_say(cube):
+    scene = dv.load_split(cube, "train", 16)
+    scene.intrinsics = replace(scene.intrinsics, grid_center=None, grid_scale=None)
+    cfg = dv.scene_config(scene, TINY)
+    assert np.allclose(cfg.grid_center, 0, atol=1e-4) and 1.0 < cfg.grid_scale < 2.5   # contains the unit cube
+    assert dv.scene_config(scene, TINY, grid_center=(1, 2, 3), grid_scale=4.0).grid_center == (1, 2, 3)
+
+
+def test_view_neighbours_and_nearest_view_baseline():
+    poses = torch.cat([camera([2.0, 0, 0]), camera([0, 2.0, 0]), camera([1.9, 0.3, 0]), camera([-2.0, 0, 0])])
+    neighbours = dv.view_neighbours(poses, k=2)
+    assert neighbours[0].tolist() == [2, 1] and (neighbours != torch.arange(4)[:, None]).all()
+    train_scene = dv.Scene(torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2), poses, dv.Intrinsics(1, 1, 1), list("abcd"))
+    copied = dv.nearest_view_baseline(train_scene, torch.cat([camera([-1.5, 0.2, 0.1]), camera([0.1, 3.0, 0])]))
+    assert copied[:, 0, 0, 0].tolist() == [3.0, 1.0]
+
+
+def write_scene(root: Path, n: int = 2) -> Path:
+    """A minimal valid scene to break in the tests below."""
+    dv.make_cube_scene(root, n_train=n, n_test=1, size=16)
+    return root
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: (r / "train" / "pose" / "000001.txt").unlink(), "000001.png: image has no pose file"),
+    (lambda r: (r / "train" / "rgb" / "000001.png").unlink(), "000001.txt: pose has no image"),
+    (lambda r: (r / "train" / "pose" / "000001.txt").write_text("1 0 0\n0 1 0\n"), "000001.txt: pose must be 16 finite numbers"),
+    (lambda r: (r / "train" / "pose" / "000001.txt").write_text("1 0 0 0 " * 2 + "0 0 0 0 " * 2), "000001.txt: pose matrix is not invertible"),
+    (lambda r: (r / "train" / "pose" / "000001.txt").write_text("a b c"), "000001.txt: pose is not a list of numbers"),
+    (lambda r: (r / "train" / "intrinsics.txt").write_text("100 8\n"), "intrinsics.txt: malformed intrinsics"),
+    (lambda r: (r / "train" / "intrinsics.txt").unlink(), "intrinsics.txt: cannot be read"),
+    (lambda r: iio.imwrite(r / "train" / "rgb" / "000001.png", np.zeros((8, 8, 3), np.uint8)), "000001.png: image is 8x8, but 000000.png is 16x16"),
+    (lambda r: (r / "train" / "rgb" / "000001.png").write_bytes(b"not a png"), "000001.png: cannot be read as an image"),
+])
+def test_loader_refuses_bad_input_with_one_clear_line(tmp_path, breakage, message):
+    root = write_scene(tmp_path / "scene")
+    breakage(root)
+    with pytest.raises(dv.DataError, match=message.replace(".", r"\.")):
+        dv.load_split(root, "train", 16)
+
+
+def run_train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HERE / "train.py"), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_train_cli_reports_bad_input_in_one_line(tmp_path):
+    cases = [(["--data", str(tmp_path / "missing")], "missing: no such data folder"),
+             (["--data", str(tmp_path)], "train: no such folder")]
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    root = write_scene(tmp_path / "scene")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt.pt").write_bytes(b"not a checkpoint")
+    cases.append((["--data", str(root), "--out", str(tmp_path / "run"), "--resume", *TINY_FLAGS], "ckpt.pt: not a DeepVoxels checkpoint"))
+    for args, message in cases:
+        result = run_train(*args)
+        assert result.returncode == 1 and message in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+# ── Checkpoints ───────────────────────────────────────────────────────────────────────────
+
+def test_resume_gives_the_same_next_step_as_running_on(cube, tmp_path):
+    common = ["--data", str(cube), "--minutes", "0", "--eval_every", "1e9", "--log_every", "1e9", "--precision", "fp32", *TINY_FLAGS]
+    train.main([*common, "--iters", "4", "--out", str(tmp_path / "straight")])
+    train.main([*common, "--iters", "2", "--out", str(tmp_path / "resumed")])
+    train.main([*common, "--iters", "4", "--out", str(tmp_path / "resumed"), "--resume"])
+    straight = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)
+    assert straight["step"] == resumed["step"] == 4
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_checkpoint_from_another_configuration_is_refused(cube, tmp_path):
+    common = ["--data", str(cube), "--minutes", "0", "--iters", "1", "--out", str(tmp_path), *TINY_FLAGS]
+    train.main(common)
+    assert not list(tmp_path.glob("*.tmp"))                              # written atomically
+    model, state = dv.load_checkpoint(tmp_path / "ckpt.pt")
+    assert model.cfg.grid_size == 8 and state["step"] == 1
+    with pytest.raises(dv.DataError, match="another configuration"):
+        train.main([*common, "--resume", "--grid_size", "4"])
