@@ -41,6 +41,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class DataError(Exception):
+    """Bad input, with a message that names the file and the problem."""
+
+
 @dataclass
 class Config:
     """Model sizes and the scene's geometry; saved in every checkpoint."""
@@ -52,6 +56,8 @@ class Config:
     depth_planes: int = field(default=32, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N)"})
     unet_width: int = field(default=32, metadata={"help": "base width of the 2D feature-extraction and rendering U-Nets"})
     occlusion_width: int = field(default=8, metadata={"help": "base width of the occlusion network's 3D U-Net"})
+    occlusion: str = field(default="softmax", metadata={"help": "softmax: the paper's visibility softmax over depth; naive: its Fig. 5 ablation "
+                                                        "(depth flattened into channels, reduced by 2D convs)", "choices": ("softmax", "naive")})
     gru_dropout: float = field(default=0.2, metadata={"help": "dropout on the GRU proposal S (the authors: 0.2)"})
     # The scene: where the grid sits and the camera intrinsics at img_size (filled from the data).
     grid_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -60,6 +66,11 @@ class Config:
     focal: float = 64.0
     cx: float = 32.0
     cy: float = 32.0
+
+    def __post_init__(self):
+        if not (self.img_size % self.feat_size == 0 and self.feat_size % 8 == 0 and self.grid_size % 4 == 0):
+            raise DataError(f"sizes: img_size ({self.img_size}) must be a multiple of feat_size ({self.feat_size}), "
+                            f"feat_size of 8 and grid_size ({self.grid_size}) of 4 (the U-Nets halve them)")
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -342,6 +353,28 @@ class OcclusionNet(nn.Module):
         return features, weights, depth
 
 
+# The paper's ablation (Fig. 5): no visibility at all. The depth axis is flattened into channels
+# and 2D convolutions learn to reduce it, so nothing stops them from mixing in what lies behind the
+# first surface ("shine-through"), there are many more parameters, and no depth map falls out.
+
+class NaiveOcclusion(nn.Module):
+    """View volume (B, C, D, h, w) -> flat features (B, C, h, w), weights None, depth None."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        C, D = cfg.channels, cfg.depth_planes
+        widths = [C * D >> k for k in range(int(math.log2(D)))] + [C]             # each layer halves: C*D ... C
+        self.reduce = nn.Sequential(*(conv_block(2, a, b) for a, b in zip(widths[:-2], widths[1:-1])),
+                                    nn.Conv2d(widths[-2], C, 3, padding=1))        # linear out, like Σ_d w_d · volume_d
+
+    def forward(self, volume: torch.Tensor, depths: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        B, C, D, h, w = volume.shape
+        return self.reduce(volume.reshape(B, C * D, h, w)), None, None             # (B, C, h, w)
+
+
+OCCLUSION_NETS = {"softmax": OcclusionNet, "naive": NaiveOcclusion}
+
+
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # 8. Rendering (paper Sec. 3.4): a 2D U-Net at h x w, then transposed convs up to H x W.
 #    The output is linear (clamped only for display): a saturating output stalls the L1 loss.
@@ -362,6 +395,40 @@ class RenderingNet(nn.Module):
         return self.to_rgb(self.upsample(self.unet(features))) + 0.5   # (B, 3, H, W); 0.5 centres the start
 
 
+# The adversarial term of the loss (paper Sec. 3.4: 200 · L1 + adversarial): a PatchGAN
+# discriminator (Isola et al. 2017, 3 layers of 4x4 convs) scores every overlapping image patch as
+# real or rendered. Non-saturating GAN losses, with σ the logistic function:
+#    discriminator:  -log σ(D(real)) - log(1 - σ(D(fake)))      generator:  -log σ(D(fake))
+
+class PatchDiscriminator(nn.Module):
+    """Images (B, 3, H, W) -> realism logits (B, 1, H/8 - 2, W/8 - 2), one per 70x70-pixel patch."""
+
+    def __init__(self, width: int, layers: int = 3):
+        super().__init__()
+        widths = [width * 2 ** i for i in range(layers + 1)]                  # w, 2w, 4w, 8w
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),   # no batch norm on the image
+            *(conv_block(2, a, b, stride=2) for a, b in zip(widths[:-2], widths[1:-1])),
+            nn.Conv2d(widths[-2], widths[-1], 4, padding=1, bias=False), nn.BatchNorm2d(widths[-1]), nn.LeakyReLU(0.2),
+            nn.Conv2d(widths[-1], 1, 4, padding=1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image - 0.5)                                          # (B, 1, H/8 - 2, W/8 - 2)
+
+
+def discriminator_loss(disc: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """-log σ(D(real)) - log(1 - σ(D(fake))) for images (B, 3, H, W); fakes detached: the generator gets no gradient."""
+    return F.softplus(-disc(real)).mean() + F.softplus(disc(fake.detach())).mean()
+
+
+def generator_adversarial_loss(disc: PatchDiscriminator, fake: torch.Tensor) -> torch.Tensor:
+    """-log σ(D(fake)) for rendered images (B, 3, H, W); the discriminator is frozen: it gets no gradient."""
+    disc.requires_grad_(False)
+    loss = F.softplus(-disc(fake)).mean()
+    disc.requires_grad_(True)
+    return loss
+
+
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # 9. The whole model (paper Fig. 2). Training: lift the source view, fuse it into the grid, then
 #    render the target views. Test time: grid -> inpainting -> projection -> occlusion -> rendering.
@@ -372,12 +439,11 @@ class DeepVoxels(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        assert cfg.img_size % cfg.feat_size == 0 and cfg.feat_size % 8 == 0 and cfg.grid_size % 4 == 0
         self.cfg = cfg
         self.encoder = FeatureExtractor(cfg)
         self.gru = IntegrationGRU(cfg)
         self.inpainting = make_inpainting_net(cfg)
-        self.occlusion = OcclusionNet(cfg)
+        self.occlusion = OCCLUSION_NETS[cfg.occlusion](cfg)
         self.renderer = RenderingNet(cfg)
         n = cfg.grid_size
         self.register_buffer("grid", torch.zeros(1, cfg.channels, n, n, n))   # the DeepVoxels, H
@@ -402,6 +468,7 @@ class DeepVoxels(nn.Module):
 
         Keys: rgb (B, 3, H, W), depth (B, 1, h, w), weights (B, D, h, w), view_volume
         (B, C, D, h, w), depths (B, D), flat_features (B, C, h, w), inpainted (1, C, N, N, N).
+        With cfg.occlusion == "naive" there is no visibility: depth and weights are None.
         """
         inpainted = self.inpainting(grid)                                       # (1, C, N, N, N)
         volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses, self.K_feat, self.cfg)
@@ -427,10 +494,6 @@ class DeepVoxels(nn.Module):
 #     intrinsics.txt, line by line: "f cx cy [ignored...]" / "x y z" grid barycenter / near plane
 #     (0: choose for me) / scale (world size of the grid) / "H W" the intrinsics refer to / [flag]
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-
-class DataError(Exception):
-    """Bad input, with a message that names the file and the problem."""
-
 
 @dataclass
 class Intrinsics:

@@ -18,8 +18,8 @@ import deepvoxels as dv
 import train
 
 HERE = Path(__file__).parent
-TINY = dv.Config(img_size=16, feat_size=8, grid_size=8, channels=8, depth_planes=8, unet_width=8, occlusion_width=4)
-TINY_FLAGS = ["--img_size", "16", "--feat_size", "8", "--grid_size", "8", "--channels", "8",
+TINY = dv.Config(img_size=16, feat_size=16, grid_size=8, channels=8, depth_planes=8, unet_width=8, occlusion_width=4)
+TINY_FLAGS = ["--img_size", "16", "--feat_size", "16", "--grid_size", "8", "--channels", "8",
               "--depth_planes", "8", "--unet_width", "8", "--occlusion_width", "4"]
 
 
@@ -103,7 +103,7 @@ def test_grid_addressing_matches_naive_loop():
 # ── 3. Lifting ─────────────────────────────────────────────────────────────────────────────
 
 def test_lifting_matches_naive_projection_loop():
-    cfg = replace(TINY, grid_scale=1.0, focal=16.0, cx=8.0, cy=8.0)
+    cfg = replace(TINY, feat_size=8, grid_scale=1.0, focal=16.0, cx=8.0, cy=8.0)
     pose = camera([0.3, -1.8, 0.9])
     K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size)
     features = torch.zeros(1, 2, 8, 8)
@@ -113,7 +113,7 @@ def test_lifting_matches_naive_projection_loop():
     c2w = pose[0].double().numpy()
     for (k, j, i), center in zip(np.ndindex(8, 8, 8), dv.voxel_centers(cfg).reshape(-1, 3).double().numpy()):
         x, y, z = c2w[:3, :3].T @ (center - c2w[:3, 3])
-        u, v = 4.0 * x / z + 4.0, 4.0 * y / z + 4.0                       # K at feature size: f = 4, c = 4
+        u, v = 8.0 * x / z + 4.0, 8.0 * y / z + 4.0                       # K at feature size: f = 8, c = 4
         inside = z > 0 and 0 <= u <= 8 and 0 <= v <= 8
         assert mask[0, 0, k, j, i] == float(inside)
         # bilinear weight of pixel (3, 5), whose centre is at (5.5, 3.5)
@@ -133,7 +133,7 @@ def test_lifting_zeroes_voxels_behind_the_camera():
 
 
 def test_lift_then_project_returns_each_pixels_feature():
-    cfg = replace(TINY, grid_size=32, grid_scale=1.0, focal=40.0, cx=8.0, cy=8.0, depth_planes=16)
+    cfg = replace(TINY, feat_size=8, grid_size=32, grid_scale=1.0, focal=40.0, cx=8.0, cy=8.0, depth_planes=16)
     pose = camera([0.0, -2.5, 0.5])
     K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)
     uv = dv.pixel_centers(8, 8)
@@ -141,7 +141,8 @@ def test_lift_then_project_returns_each_pixels_feature():
     lifted, _ = dv.lift(features, pose, K_feat, cfg)
     volume, _ = dv.project(lifted, pose, K_feat, cfg)                     # (1, 2, D, 8, 8)
     points, _ = dv.view_volume_points(pose, K_feat, cfg)
-    inside = (dv.world_to_grid_coords(points, cfg).abs() < 0.8).all(-1)   # well inside the grid
+    inside = (dv.world_to_grid_coords(points, cfg).abs() < 0.8).all(-1)   # well inside the grid,
+    inside[..., [0, -1], :] = inside[..., :, [0, -1]] = False             # away from the image border
     expected = (uv / 8).expand(cfg.depth_planes, 8, 8, 2)
     error = (volume[0].permute(1, 2, 3, 0) - expected)[inside[0]]
     assert inside.sum() > 100 and error.abs().max() < 0.02
@@ -183,7 +184,7 @@ class FeatureMagnitude(nn.Module):
 
 
 def test_occlusion_of_an_opaque_slab_gives_its_analytic_depth():
-    cfg = replace(TINY, grid_size=16, grid_scale=2.0, depth_planes=64, focal=16.0, cx=8.0, cy=8.0)
+    cfg = replace(TINY, feat_size=8, grid_size=16, grid_scale=2.0, depth_planes=64, focal=16.0, cx=8.0, cy=8.0)
     grid = torch.zeros(1, 8, 16, 16, 16)
     grid[:, :, 4] = 1.0                          # an opaque slab: the voxel layer z index 4, world z = -0.4375
     pose = torch.eye(4)[None]
@@ -227,8 +228,8 @@ def test_render_uses_only_the_grid():
     model = dv.DeepVoxels(replace(TINY, grid_scale=1.25, focal=20.0, cx=8.0, cy=8.0)).eval()
     model.encoder = model.gru = None                                      # the test-time path must not need them
     out = model.render(torch.cat([camera([2.5, 0, 0]), camera([0, 2.5, 0])]))
-    assert out["rgb"].shape == (2, 3, 16, 16) and out["depth"].shape == (2, 1, 8, 8)
-    assert torch.allclose(out["weights"].sum(1), torch.ones(2, 8, 8), atol=1e-5)
+    assert out["rgb"].shape == (2, 3, 16, 16) and out["depth"].shape == (2, 1, 16, 16)
+    assert torch.allclose(out["weights"].sum(1), torch.ones(2, 16, 16), atol=1e-5)
 
 
 def test_short_overfit_lowers_the_loss(cube):
@@ -362,3 +363,116 @@ def test_checkpoint_from_another_configuration_is_refused(cube, tmp_path):
     assert model.cfg.grid_size == 8 and state["step"] == 1
     with pytest.raises(dv.DataError, match="another configuration"):
         train.main([*common, "--resume", "--grid_size", "4"])
+
+
+# ── Issue 5: the occlusion ablation (naive vs softmax), the adversarial term, the recipe flags ──
+
+SMALL = replace(TINY, img_size=32, feat_size=16)   # 32 px: the batch-1 encoder keeps 2x2 maps at its bottom
+SMALL_FLAGS = ["--img_size", "32", "--feat_size", "16", "--grid_size", "8", "--channels", "8",
+               "--depth_planes", "8", "--unet_width", "8", "--occlusion_width", "4"]
+
+
+def test_naive_occlusion_trains_and_renders(cube, tmp_path):
+    torch.manual_seed(0)
+    scene = dv.load_split(cube, "train", 32)
+    model = dv.DeepVoxels(dv.scene_config(scene, replace(SMALL, occlusion="naive")))
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for step in range(40):
+        source, target = step % 3, (step + 1) % 3
+        out = model(scene.images[source:source + 1], scene.poses[source:source + 1], scene.poses[[target, source]])
+        loss = (out["rgb"] - scene.images[[target, source]]).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    out = model.eval().render(scene.poses[:2])
+    assert out["rgb"].shape == (2, 3, 32, 32) and out["flat_features"].shape == (2, 8, 16, 16)
+    assert out["depth"] is None and out["weights"] is None                # no visibility, no depth map
+    # the command line: train, evaluate and write the preview without a depth column
+    train.main(["--data", str(cube), "--out", str(tmp_path), "--minutes", "0", "--iters", "2", "--eval_every", "1e-9",
+                "--occlusion", "naive", *SMALL_FLAGS])
+    assert iio.imread(tmp_path / "preview.png").shape == (4 * 32, 2 * 32, 3)  # target | prediction
+
+
+def test_naive_occlusion_has_many_more_parameters():
+    cfg = dv.Config()                                                    # the default sizes: C = 16, D = 32
+    naive, softmax = dv.NaiveOcclusion(cfg), dv.OcclusionNet(cfg)
+    # by hand: 3x3 convs 512 -> 256 -> 128 -> 64 -> 32 (no bias, batch norm: 2 per channel), then 32 -> 16 with bias
+    convs = 9 * (512 * 256 + 256 * 128 + 128 * 64 + 64 * 32) + 2 * (256 + 128 + 64 + 32) + 9 * 32 * 16 + 16
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(naive) == convs == 1_572_304
+    assert count(naive) > 10 * count(softmax)
+    for sizes in (cfg, SMALL):
+        assert count(dv.DeepVoxels(replace(sizes, occlusion="naive"))) > count(dv.DeepVoxels(sizes))
+
+
+class ConstantCritic(nn.Module):
+    """A stand-in discriminator that scores every image with its one parameter s."""
+
+    def __init__(self, s: float):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(s))
+
+    def forward(self, image):
+        return self.s.expand(len(image), 1, 2, 2)
+
+
+def test_gan_losses_match_their_formulas_and_the_generator_wants_higher_scores():
+    sigma = lambda s: 1 / (1 + np.exp(-s))
+    fake = torch.rand(2, 3, 8, 8)
+    for s in (-2.0, 0.0, 3.0):
+        assert dv.generator_adversarial_loss(ConstantCritic(s), fake).item() == pytest.approx(-np.log(sigma(s)), rel=1e-5)
+        both = dv.discriminator_loss(ConstantCritic(s), fake, fake).item()
+        assert both == pytest.approx(-np.log(sigma(s)) - np.log(1 - sigma(s)), rel=1e-5)
+    losses = [dv.generator_adversarial_loss(ConstantCritic(s), fake).item() for s in (-2.0, 0.0, 3.0)]
+    assert losses[0] > losses[1] > losses[2]                             # a higher score on fakes, a lower loss
+    # a gradient step of the generator's loss on the fakes raises a real discriminator's score on them
+    torch.manual_seed(0)
+    disc = dv.PatchDiscriminator(8).eval()
+    fake = torch.rand(2, 3, 32, 32, requires_grad=True)
+    dv.generator_adversarial_loss(disc, fake).backward()
+    with torch.no_grad():
+        assert disc(fake - 0.05 * fake.grad.sign()).mean() > disc(fake).mean()
+
+
+def test_discriminator_gets_gradients_only_in_its_own_step():
+    torch.manual_seed(0)
+    disc = dv.PatchDiscriminator(8)
+    generator = nn.Parameter(torch.rand(2, 3, 32, 32))                  # stands in for the rendering network
+    real = torch.rand(2, 3, 32, 32)
+    dv.generator_adversarial_loss(disc, generator * 1.0).backward()     # the generator's step
+    assert all(p.grad is None for p in disc.parameters()) and generator.grad.abs().sum() > 0
+    assert all(p.requires_grad for p in disc.parameters())              # unfrozen again afterwards
+    generator.grad = None
+    before = [p.detach().clone() for p in disc.parameters()]
+    optimizer = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    train.discriminator_step(disc, optimizer, real, generator * 1.0)    # the discriminator's step
+    assert generator.grad is None
+    assert all(not torch.equal(a, b) for a, b in zip(before, disc.parameters()))
+
+
+def test_recipe_flags_round_trip_through_the_checkpoint_and_resume_restores_the_discriminator(cube, tmp_path):
+    flags = ["--data", str(cube), "--minutes", "0", "--eval_every", "1e9", "--log_every", "1e9", "--precision", "fp32",
+             "--occlusion", "naive", "--gan_weight", "0.5", "--l1_weight", "200", "--crop", "1", "--lr", "1e-4",
+             "--gru_dropout", "0.1", *SMALL_FLAGS]
+    train.main([*flags, "--iters", "4", "--out", str(tmp_path / "straight")])
+    train.main([*flags, "--iters", "2", "--out", str(tmp_path / "resumed")])
+    train.main([*flags, "--iters", "4", "--out", str(tmp_path / "resumed"), "--resume"])
+    straight = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)
+    assert straight["config"]["occlusion"] == "naive" and straight["config"]["gru_dropout"] == 0.1
+    run = straight["train_config"]
+    assert (run["gan_weight"], run["l1_weight"], run["crop"], run["lr"]) == (0.5, 200.0, 1, 1e-4)
+    assert straight["disc_optimizer"]["param_groups"][0]["lr"] == 1e-4
+    model, _ = dv.load_checkpoint(tmp_path / "straight" / "ckpt.pt")
+    assert isinstance(model.occlusion, dv.NaiveOcclusion)
+    for part in ("model", "discriminator"):
+        for name, value in straight[part].items():
+            assert torch.equal(value, resumed[part][name]), (part, name)
+    # the default run has no discriminator and the same loss as before: L1 with weight 1
+    train.main(["--data", str(cube), "--minutes", "0", "--iters", "1", "--out", str(tmp_path / "plain"), *SMALL_FLAGS])
+    plain = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=True)
+    assert "discriminator" not in plain and plain["config"]["occlusion"] == "softmax"
+    assert (plain["train_config"]["gan_weight"], plain["train_config"]["l1_weight"]) == (0.0, 1.0)
