@@ -1,0 +1,180 @@
+"""Render a trained DeepVoxels model:  python render.py --run runs/cube
+
+1. A 360-degree orbit of novel views around the grid centre, RGB | depth side by side, written as
+   orbit.gif (and orbit.mp4 when imageio can write MP4). `--poses DIR` renders your own path.
+2. Every test view rendered from the persistent grid alone (no encoder, no GRU), with PSNR and
+   SSIM per view and their means, next to the nearest-neighbour baseline (copy the training image
+   whose viewing direction is closest): a table on screen and metrics.json.
+3. sheet.png: ground truth | prediction | depth | absolute error for a few test views.
+
+The model and its configuration come from the checkpoint. Metrics are computed at the size the
+model renders (its img_size); --size only resizes the images written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import deepvoxels as dv
+
+VIDEO_FPS = 12   # playback speed of the orbit: 36 frames make a 3-second turn
+SHEET_VIEWS = 4  # test views on sheet.png, spread over the test split
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Flags; every one has a default, so `python render.py` renders the newest run."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
+    which.add_argument("--run", help="run folder holding ckpt.pt (default: the newest under runs/)")
+    p.add_argument("--data", help="scene folder for the test views (default: the one the checkpoint was trained on)")
+    p.add_argument("--poses", help="folder of pose .txt files (dataset format, e.g. cube/test/pose) to render instead of the orbit")
+    p.add_argument("--frames", type=int, default=36, help="frames of the orbit (default: 36)")
+    p.add_argument("--elevation", type=float, default=20.0, help="orbit elevation above the grid centre in degrees (default: 20)")
+    p.add_argument("--size", type=int, default=0, help="pixel size of the written frames (default: the model's img_size)")
+    p.add_argument("--out", help="output folder (default: <run>/render)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)")
+    args = p.parse_args(argv)
+    if args.frames < 1 or args.size < 0:
+        p.error("--frames must be at least 1 and --size at least 0")
+    return args
+
+
+def find_checkpoint(args: argparse.Namespace) -> Path:
+    """--ckpt, else <--run>/ckpt.pt, else the most recently written runs/*/ckpt.pt."""
+    if args.ckpt or args.run:
+        return Path(args.ckpt or Path(args.run) / "ckpt.pt")
+    found = sorted(Path("runs").glob("*/ckpt.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise dv.DataError("runs: no */ckpt.pt found (train one with train.py, or pass --ckpt)")
+    return found[-1]
+
+
+def read_poses(folder: Path) -> torch.Tensor:
+    """(V, 4, 4) camera-to-world poses from the .txt files of a folder, in name order."""
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise dv.DataError(f"{folder}: no pose .txt files found" if folder.is_dir() else f"{folder}: no such poses folder")
+    return torch.from_numpy(np.stack([dv.read_pose(f) for f in files])).float()
+
+
+def check_writable(out: Path) -> None:
+    """Create the output folder and try a write there, before any slow rendering."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise dv.DataError(f"{out}: cannot write the output folder ({e.strerror or e})") from None
+
+
+def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w), seconds per view."""
+    rgbs, depths, seconds = [], [], []
+    with torch.no_grad(), dv.mixed_precision(device, precision):
+        for pose in poses:
+            start = time.perf_counter()
+            out = model.render(pose[None].to(device))
+            rgbs.append(out["rgb"].float().cpu())                    # .cpu() waits for a GPU to finish
+            seconds.append(time.perf_counter() - start)
+            depths.append(out["depth"].float().cpu())
+    return torch.cat(rgbs), torch.cat(depths), seconds
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (B, 3, H, W) to (B, 3, size, size), clamped to [0, 1] for display."""
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return images.clamp(0, 1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images (B, 3, H, W) in [0, 1] to (B, H, W, 3) uint8."""
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def write_video(stem: Path, frames: np.ndarray) -> list[Path]:
+    """Write frames (T, H, W, 3) as stem.gif, and stem.mp4 when imageio has an MP4 writer."""
+    iio.imwrite(stem.with_suffix(".gif"), frames, duration=1000 / VIDEO_FPS, loop=0)
+    try:
+        iio.imwrite(stem.with_suffix(".mp4"), frames, fps=VIDEO_FPS)
+    except Exception as e:  # imageio raises OSError without a backend, others when one fails
+        stem.with_suffix(".mp4").unlink(missing_ok=True)
+        print(f"note: no {stem.name}.mp4, imageio could not write MP4 ({type(e).__name__}); pip install imageio[ffmpeg] adds a writer")
+        return [stem.with_suffix(".gif")]
+    return [stem.with_suffix(".gif"), stem.with_suffix(".mp4")]
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
+    ckpt = find_checkpoint(args)
+    model, state = dv.load_checkpoint(ckpt, args.device)               # weights_only, onto args.device
+    model.eval()
+    cfg = model.cfg
+    data = Path(args.data or state["train_config"]["data"])
+    if not data.is_dir():
+        raise dv.DataError(f"{data}: no such data folder (pass --data)")
+    train = dv.load_split(data, "train", cfg.img_size)
+    split = "test" if (data / "test").is_dir() else "train"
+    test = dv.load_split(data, split, cfg.img_size)
+    path = read_poses(Path(args.poses)) if args.poses else None
+    out = Path(args.out or ckpt.parent / "render")
+    check_writable(out)
+    size = args.size or cfg.img_size
+    print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; {len(test.names)} {split} "
+          f"views of {data} at {cfg.img_size}px; device {args.device}, precision {args.precision}")
+
+    # 1. The orbit (or --poses): radius = mean distance of the training cameras to the grid centre.
+    if path is None:
+        radius = (train.poses[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
+        path = dv.orbit_poses(cfg.grid_center, radius, args.frames, args.elevation)
+    rgb, depth, seconds = render_views(model, path, args.device, args.precision)
+    frames = torch.cat([resize(rgb, size), dv.colorize_depth(depth, size)], dim=3)   # (T, 3, size, 2 size)
+    videos = write_video(out / ("path" if args.poses else "orbit"), to_uint8(frames))
+
+    # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
+    pred, pred_depth, test_seconds = render_views(model, test.poses, args.device, args.precision)
+    nearest = dv.nearest_view_baseline(train, test.poses)
+    scores = {"psnr": dv.psnr(pred, test.images), "ssim": dv.ssim(pred, test.images),
+              "baseline_psnr": dv.psnr(nearest, test.images), "baseline_ssim": dv.ssim(nearest, test.images)}
+    ms = 1000 * statistics.median((seconds + test_seconds)[1:])   # the first view warms up
+    report = {"checkpoint": str(ckpt), "step": state["step"], "data": str(data), "split": split, "img_size": cfg.img_size,
+              "device": args.device, "precision": args.precision, "render_ms": round(ms, 2), "fps": round(1000 / ms, 1),
+              "mean": {k: round(v.mean().item(), 4) for k, v in scores.items()},
+              "views": [{"name": name, **{k: round(v[i].item(), 4) for k, v in scores.items()}} for i, name in enumerate(test.names)]}
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+
+    # 3. The sheet: ground truth | prediction | depth | absolute error (mean over colours, not scaled).
+    pick = torch.linspace(0, len(test.names) - 1, min(SHEET_VIEWS, len(test.names))).round().long()
+    error = (pred[pick].clamp(0, 1) - test.images[pick]).abs().mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    rows = torch.cat([resize(test.images[pick], size), resize(pred[pick], size),
+                      dv.colorize_depth(pred_depth[pick], size), resize(error, size)], dim=3)
+    iio.imwrite(out / "sheet.png", np.concatenate(to_uint8(rows)))      # rows stacked vertically
+
+    print(f"{'view':>10} {'PSNR':>7} {'SSIM':>6} | {'nearest view: PSNR':>18} {'SSIM':>6}")
+    for row in report["views"] + [{"name": "mean", **report["mean"]}]:
+        print(f"{row['name']:>10} {row['psnr']:7.2f} {row['ssim']:6.3f} | {row['baseline_psnr']:18.2f} {row['baseline_ssim']:6.3f}")
+    print(f"render: {ms:.1f} ms per view, {1000 / ms:.1f} fps (median of {len(seconds) + len(test_seconds) - 1} views "
+          f"after one warm-up, {cfg.img_size}px, batch 1)")
+    print(f"wrote {', '.join(str(p) for p in [*videos, out / 'metrics.json', out / 'sheet.png'])}")
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except dv.DataError as e:
+        sys.exit(f"error: {e}")
