@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import math
+import resource
 import signal
 import sys
 import time
@@ -197,8 +198,9 @@ def main(argv=None) -> None:
         checkpoint()
         sys.exit(130)
     checkpoint()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
     print(f"done: step {step}, {seconds / 60:.1f} min, test PSNR {history[-1]['test_psnr']:.2f} dB "
-          f"(nearest-neighbour baseline {baseline:.2f} dB); checkpoint {ckpt_path}")
+          f"(nearest-neighbour baseline {baseline:.2f} dB); peak memory {peak_mb:.0f} MB; checkpoint {ckpt_path}")
 
 
 if __name__ == "__main__":

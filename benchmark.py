@@ -1,0 +1,106 @@
+"""Where the time of one training step goes: each stage's forward and forward+backward, in fp32
+and in bf16 mixed precision, median of repeated runs. Prints a markdown table for the README.
+
+    python benchmark.py            # the default model sizes, on the CPU
+    python benchmark.py --grid_size 32 --channels 32 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import deepvoxels as dv
+import train
+
+
+def median_ms(fn, device: str, repeats: int) -> float:
+    """Median wall time of fn() in milliseconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int) -> dict[str, tuple[float, float]]:
+    """{stage: (forward ms, forward+backward ms)} for one training step's inputs (1 source, 2 targets)."""
+    torch.manual_seed(0)
+    model = dv.DeepVoxels(cfg).to(device)
+    image = torch.rand(1, 3, cfg.img_size, cfg.img_size, device=device)
+    source = torch.from_numpy(dv.look_at(torch.tensor([0.0, -2.5, 0.8]).numpy(), torch.zeros(3).numpy())).float()[None].to(device)
+    targets = dv.orbit_poses(cfg.grid_center, 2.5, 2).to(device)
+    n, C, h = cfg.grid_size, cfg.channels, cfg.feat_size
+
+    def leaf(*shape):
+        return torch.randn(*shape, device=device, requires_grad=True)
+
+    features, grid, flat = leaf(1, C, h, h), leaf(1, C, n, n, n), leaf(2, C, h, h)
+    volume, depths = dv.project(grid.detach().expand(2, -1, -1, -1, -1), targets, model.K_feat, cfg)
+    volume = volume.detach().requires_grad_()
+    stages = {
+        "2. feature extraction": lambda: model.encoder(image),
+        "3. lifting": lambda: dv.lift(features, source, model.K_feat, cfg)[0],
+        "4. GRU integration": lambda: model.gru(grid, grid.detach())[0],
+        "5. 3D inpainting": lambda: model.inpainting(grid),
+        "6. projection": lambda: dv.project(grid.expand(2, -1, -1, -1, -1), targets, model.K_feat, cfg)[0],
+        "7. occlusion": lambda: model.occlusion(volume, depths)[0],
+        "8. rendering": lambda: model.renderer(flat),
+        "whole step (with Adam)": None,
+    }
+    optimizer = torch.optim.Adam(model.parameters())
+
+    def whole_step():
+        with dv.mixed_precision(device, precision):
+            rgb = model(image, source, targets)["rgb"]
+        loss = (rgb.float() - 0.5).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    results = {}
+    for name, forward in stages.items():
+        if forward is None:
+            results[name] = (float("nan"), median_ms(whole_step, device, repeats))
+            continue
+
+        def fwd(forward=forward):
+            with dv.mixed_precision(device, precision):
+                return forward()
+
+        def fwd_bwd():
+            fwd().float().square().mean().backward()
+
+        results[name] = (median_ms(fwd, device, repeats), median_ms(fwd_bwd, device, repeats))
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per stage (default: 20)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    run_flags, rest = parser.parse_known_args(argv)
+    _, sizes = train.parse_args(rest)                                       # the model-size flags of train.py
+    torch.set_flush_denormal(True)
+    cfg = dv.Config(**{**sizes.__dict__, "focal": 1.25 * sizes.img_size, "cx": sizes.img_size / 2,
+                       "cy": sizes.img_size / 2, "grid_scale": 1.25})
+    fp32 = stage_timings(cfg, run_flags.device, "fp32", run_flags.repeats)
+    bf16 = stage_timings(cfg, run_flags.device, "bf16", run_flags.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {run_flags.device}, median of "
+          f"{run_flags.repeats} runs; image {cfg.img_size}, features {cfg.feat_size}, grid {cfg.grid_size}^3 x {cfg.channels}, D {cfg.depth_planes}")
+    print("| stage | fp32 forward ms | fp32 fwd+bwd ms | bf16 forward ms | bf16 fwd+bwd ms | bf16 speed-up |")
+    print("|---|---|---|---|---|---|")
+    for name in fp32:
+        (f32, f32b), (b16, b16b) = fp32[name], bf16[name]
+        print(f"| {name} | {f32:.1f} | {f32b:.1f} | {b16:.1f} | {b16b:.1f} | {f32b / b16b:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
