@@ -97,16 +97,17 @@ def camera_to_pixel(points_cam: torch.Tensor, K: torch.Tensor) -> tuple[torch.Te
     """Camera points (..., 3) to pixel coordinates (..., 2) = (u, v) and depth z (...)."""
     z = points_cam[..., 2]
     xy = points_cam[..., :2] / z.clamp(min=1e-8)[..., None]
-    uv = xy * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
-    return uv, z
+    return xy * K.diagonal()[:2] + K[:2, 2], z                          # u = f x/z + cx, v = f y/z + cy
 
 
 def pixel_to_ray(uv: torch.Tensor, K: torch.Tensor, cam2world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels (P, 2) of one camera to world ray origins (P, 3) and directions (P, 3) with z_cam = 1."""
-    xy = (uv - torch.stack([K[0, 2], K[1, 2]])) / torch.stack([K[0, 0], K[1, 1]])
+    """Pixels (P, 2) to world rays of poses (B, 4, 4): origins (B, 1, 3), directions (B, P, 3).
+
+    Directions are scaled so that z_cam = 1: the point at depth z is origin + z * direction.
+    """
+    xy = (uv - K[:2, 2]) / K.diagonal()[:2]                             # (P, 2): x/z, y/z
     dirs_cam = torch.cat([xy, torch.ones_like(xy[:, :1])], dim=1)      # (P, 3)
-    dirs = dirs_cam @ cam2world[:3, :3].T
-    return cam2world[:3, 3].expand_as(dirs), dirs
+    return cam2world[:, None, :3, 3], dirs_cam @ cam2world[:, :3, :3].transpose(1, 2)
 
 
 def pixel_centers(h: int, w: int) -> torch.Tensor:
@@ -258,8 +259,8 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def normalized_coordinates(n: int) -> torch.Tensor:
-    """(1, 3, N, N, N) voxel coordinates in [-1, 1], channels (x, y, z), as the authors concatenate."""
-    ticks = torch.linspace(-1, 1, n)
+    """(1, 3, N, N, N) voxel-centre coordinates in (-1, 1), channels (x, y, z), as the authors concatenate."""
+    ticks = (torch.arange(n) + 0.5) * 2 / n - 1
     z, y, x = torch.meshgrid(ticks, ticks, ticks, indexing="ij")
     return torch.stack([x, y, z])[None]
 
@@ -277,7 +278,7 @@ class IntegrationGRU(nn.Module):
         self.W_z, self.U_z = conv(1, True), conv(1, False)
         self.W_r, self.U_r = conv(1, True), conv(1, False)
         self.W_s, self.U_s = conv(C, True), conv(C, False)
-        self.dropout = nn.Dropout3d(cfg.gru_dropout)
+        self.dropout = nn.Dropout(cfg.gru_dropout)
         self.register_buffer("coords", normalized_coordinates(cfg.grid_size), persistent=False)
 
     def forward(self, X: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,14 +312,10 @@ def view_volume_points(cam2world: torch.Tensor, K_feat: torch.Tensor, cfg: Confi
     """World points (B, D, h, w, 3) of the view volume and the plane depths (B, D)."""
     B, D, h = cam2world.shape[0], cfg.depth_planes, cfg.feat_size
     near, far = view_depth_range(cam2world, cfg)
-    steps = torch.linspace(0, 1, D, device=cam2world.device)
-    depths = near[:, None] + (far - near)[:, None] * steps                         # (B, D)
-    uv = pixel_centers(h, h).to(cam2world.device)                                   # (h, w, 2)
-    xy = (uv - K_feat[:2, 2]) / torch.stack([K_feat[0, 0], K_feat[1, 1]])         # (h, w, 2) camera x/z, y/z
-    rays = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=-1)                   # (h, w, 3)
-    points_cam = depths[:, :, None, None, None] * rays                             # (B, D, h, w, 3)
-    R, t = cam2world[:, :3, :3], cam2world[:, :3, 3]
-    points = points_cam.reshape(B, -1, 3) @ R.transpose(1, 2) + t[:, None]         # (B, D*h*w, 3)
+    depths = near[:, None] + (far - near)[:, None] * torch.linspace(0, 1, D, device=cam2world.device)  # (B, D)
+    pixels = pixel_centers(h, h).to(cam2world.device).reshape(-1, 2)                # (h*w, 2)
+    origins, dirs = pixel_to_ray(pixels, K_feat, cam2world)                         # (B, 1, 3), (B, h*w, 3)
+    points = origins[:, None] + depths[:, :, None, None] * dirs[:, None]            # (B, D, h*w, 3)
     return points.reshape(B, D, h, h, 3), depths
 
 

@@ -58,8 +58,8 @@ def test_look_at_is_opencv_and_pixel_to_ray_round_trips():
     assert up_world[0, 0, 1] < 0                                              # world up is image up (y down)
     points = torch.randn(1, 20, 3) * 0.5
     uv, z = dv.camera_to_pixel(dv.world_to_camera(points, pose), K)
-    origins, dirs = dv.pixel_to_ray(uv[0], K, pose[0])
-    assert torch.allclose(origins + z[0, :, None] * dirs, points[0], atol=1e-4)
+    origins, dirs = dv.pixel_to_ray(uv[0], K, pose)
+    assert torch.allclose(origins + z[..., None] * dirs, points, atol=1e-4)
 
 
 def test_opengl_to_opencv_flips_y_and_z():
@@ -476,3 +476,132 @@ def test_recipe_flags_round_trip_through_the_checkpoint_and_resume_restores_the_
     plain = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=True)
     assert "discriminator" not in plain and plain["config"]["occlusion"] == "softmax"
     assert (plain["train_config"]["gan_weight"], plain["train_config"]["l1_weight"]) == (0.0, 1.0)
+
+
+# ── Issue 3: render.py (PSNR, SSIM, nearest-neighbour baseline, orbit, metrics, bad input) ──────
+
+import json  # noqa: E402  (this section's own imports)
+import os  # noqa: E402
+
+import render  # noqa: E402
+
+
+def test_psnr_matches_numpy():
+    torch.manual_seed(0)
+    a, b = torch.rand(3, 3, 8, 8) * 1.2 - 0.1, torch.rand(3, 3, 8, 8)     # predictions outside [0, 1] are clamped
+    mse = ((np.clip(a.numpy(), 0, 1) - b.numpy()) ** 2).reshape(3, -1).mean(1)
+    assert np.allclose(dv.psnr(a, b).numpy(), 10 * np.log10(1 / mse), atol=1e-4)
+    assert dv.psnr(b * 0 + 0.5, b * 0 + 0.6).numpy() == pytest.approx([20.0] * 3, abs=1e-4)  # MSE 0.01
+
+
+def ssim_direct(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al. 2004 written out: one 11x11 Gaussian window (sigma 1.5) per valid position and channel."""
+    d = np.arange(11) - 5
+    w = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * 1.5 ** 2))
+    w /= w.sum()
+    c1, c2 = (0.01 * 1) ** 2, (0.03 * 1) ** 2                              # K1, K2 times the dynamic range L = 1
+    values = []
+    for c in range(x.shape[0]):
+        for i in range(x.shape[1] - 10):
+            for j in range(x.shape[2] - 10):
+                px, py = x[c, i:i + 11, j:j + 11], y[c, i:i + 11, j:j + 11]
+                mx, my = (w * px).sum(), (w * py).sum()
+                vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
+                cov = (w * (px - mx) * (py - my)).sum()
+                values.append((2 * mx * my + c1) * (2 * cov + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_matches_direct_formula_and_its_properties():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 15, 14)
+    y = (0.7 * x + 0.3 * torch.rand(2, 3, 15, 14)).clamp(0, 1)
+    expected = [ssim_direct(x[k].double().numpy(), y[k].double().numpy()) for k in range(2)]
+    assert np.allclose(dv.ssim(x, y).numpy(), expected, atol=1e-5)
+    assert torch.allclose(dv.ssim(x, x), torch.ones(2), atol=1e-6)         # identical images
+    assert torch.allclose(dv.ssim(x, y), dv.ssim(y, x), atol=1e-6)         # symmetric
+    smooth = torch.linspace(0, 1, 32).expand(1, 3, 32, 32)
+    noisy = [(smooth + s * torch.randn(1, 3, 32, 32)).clamp(0, 1) for s in (0.02, 0.1, 0.3)]
+    scores = [dv.ssim(n, smooth).item() for n in noisy]
+    assert 1 > scores[0] > scores[1] > scores[2]                             # more noise, lower SSIM
+
+
+@pytest.fixture(scope="session")
+def tiny_run(cube, tmp_path_factory) -> Path:
+    """A run folder with a checkpoint trained for 3 steps at the tiny sizes."""
+    out = tmp_path_factory.mktemp("runs") / "cube"
+    train.main(["--data", str(cube), "--out", str(out), "--iters", "3", "--minutes", "0", "--eval_every", "1e9",
+                "--log_every", "1e9", "--precision", "fp32", *TINY_FLAGS])
+    return out
+
+
+def test_find_checkpoint_takes_the_newest_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(dv.DataError, match="no \\*/ckpt.pt found"):
+        render.find_checkpoint(render.parse_args([]))
+    for name, mtime in (("old", 1000), ("new", 2000), ("older", 500)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "ckpt.pt").write_bytes(b"")
+        os.utime(tmp_path / "runs" / name / "ckpt.pt", (mtime, mtime))
+    assert render.find_checkpoint(render.parse_args([])) == Path("runs/new/ckpt.pt")
+    assert render.find_checkpoint(render.parse_args(["--run", "x"])) == Path("x/ckpt.pt")
+
+
+def test_render_end_to_end(tiny_run, cube, tmp_path, capsys):
+    report = render.main(["--run", str(tiny_run), "--frames", "6", "--size", "24", "--precision", "fp32"])
+    out = tiny_run / "render"
+    assert json.loads((out / "metrics.json").read_text()) == report
+    assert report["step"] == 3 and report["split"] == "test" and [v["name"] for v in report["views"]] == ["000000", "000001", "000002", "000003"]
+    assert report["mean"]["psnr"] == pytest.approx(np.mean([v["psnr"] for v in report["views"]]), abs=1e-3)
+    assert report["fps"] > 0 and f"{report['fps']:.1f} fps" in capsys.readouterr().out
+    # Every test PSNR again, independently: the checkpoint's model in eval mode, numpy PSNR.
+    model, _ = dv.load_checkpoint(tiny_run / "ckpt.pt")
+    test, train_split = dv.load_split(cube, "test", 16), dv.load_split(cube, "train", 16)
+    with torch.no_grad():
+        pred = model.eval().render(test.poses)["rgb"].clamp(0, 1).numpy()
+    mse = ((pred - test.images.numpy()) ** 2).reshape(4, -1).mean(1)
+    assert np.allclose([v["psnr"] for v in report["views"]], -10 * np.log10(mse), atol=1e-3)
+    # The baseline: the training image whose viewing direction (camera z axis) is closest, in numpy.
+    closest = np.argmax(test.poses[:, :3, 2].numpy() @ train_split.poses[:, :3, 2].numpy().T, axis=1)
+    mse = ((train_split.images.numpy()[closest] - test.images.numpy()) ** 2).reshape(4, -1).mean(1)
+    assert np.allclose([v["baseline_psnr"] for v in report["views"]], -10 * np.log10(mse), atol=1e-3)
+    # The GIF: 6 frames of RGB | depth at 24 px; the orbit moves; the depth half is coloured, not grey.
+    frames = iio.imread(out / "orbit.gif")
+    assert frames.shape == (6, 24, 48, 3)
+    assert np.abs(frames[0].astype(int) - frames[3]).mean() > 1
+    assert np.abs(frames[:, :, 24:, 0].astype(int) - frames[:, :, 24:, 2]).mean() > 10
+    assert iio.imread(out / "sheet.png").shape == (4 * 24, 4 * 24, 3)
+    assert (out / "orbit.gif").stat().st_size < 200_000
+
+
+def test_render_poses_folder_and_a_model_without_depth(cube, tmp_path):
+    train.main(["--data", str(cube), "--out", str(tmp_path / "run"), "--iters", "1", "--minutes", "0",
+                "--occlusion", "naive", *TINY_FLAGS])
+    render.main(["--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--poses", str(cube / "train" / "pose"),
+                 "--out", str(tmp_path / "out")])
+    frames = iio.imread(tmp_path / "out" / "path.gif")
+    assert frames.shape == (12, 16, 32, 3)                                  # one frame per pose file, model size
+    assert np.abs(frames[:, :, 16:].astype(int) - 128).max() <= 1           # no depth: a grey panel
+
+
+def run_render(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HERE / "render.py"), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_render_cli_reports_bad_input_in_one_line(tiny_run, cube, tmp_path):
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "poses").mkdir()
+    np.savetxt(tmp_path / "poses" / "000000.txt", np.eye(4))
+    (tmp_path / "poses" / "000001.txt").write_text("1 2 3")
+    (tmp_path / "a_file").write_text("")
+    ckpt = str(tiny_run / "ckpt.pt")
+    cases = [(["--ckpt", str(tmp_path / "missing.pt")], "missing.pt: no such checkpoint"),
+             (["--ckpt", str(tmp_path / "corrupt.pt")], "corrupt.pt: not a DeepVoxels checkpoint"),
+             (["--ckpt", ckpt, "--data", str(tmp_path / "nodata")], "nodata: no such data folder"),
+             (["--ckpt", ckpt, "--poses", str(tmp_path / "poses")], "000001.txt: pose must be 16 finite numbers"),
+             (["--ckpt", ckpt, "--poses", str(tmp_path / "noposes")], "noposes: no such poses folder"),
+             (["--ckpt", ckpt, "--out", str(tmp_path / "a_file" / "render")], "render: cannot write the output folder")]
+    for args, message in cases:
+        result = run_render(*args)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
