@@ -80,8 +80,14 @@ def check_writable(out: Path) -> None:
         raise dv.DataError(f"{out}: cannot write the output folder ({e.strerror or e})") from None
 
 
+def orbit(train: dv.Scene, cfg: dv.Config, frames: int, elevation: float) -> torch.Tensor:
+    """(frames, 4, 4) poses circling the grid centre at the training cameras' mean distance from it."""
+    radius = (train.poses[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
+    return dv.orbit_poses(cfg.grid_center, radius, frames, elevation)
+
+
 def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w), seconds per view."""
+    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w) or None, seconds per view."""
     rgbs, depths, seconds = [], [], []
     with torch.no_grad(), dv.mixed_precision(device, precision):
         for pose in poses:
@@ -89,8 +95,14 @@ def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precisi
             out = model.render(pose[None].to(device))
             rgbs.append(out["rgb"].float().cpu())                    # .cpu() waits for a GPU to finish
             seconds.append(time.perf_counter() - start)
-            depths.append(out["depth"].float().cpu())
-    return torch.cat(rgbs), torch.cat(depths), seconds
+            depths.append(out["depth"])
+    depth = None if depths[0] is None else torch.cat(depths).float().cpu()  # None: the naive-occlusion ablation
+    return torch.cat(rgbs), depth, seconds
+
+
+def depth_images(depth: torch.Tensor | None, n: int, size: int) -> torch.Tensor:
+    """Depth maps (n, 1, h, w) as viridis images (n, 3, size, size); plain grey for a model without depth."""
+    return torch.full((n, 3, size, size), 0.5) if depth is None else dv.colorize_depth(depth, size)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -137,12 +149,11 @@ def main(argv=None) -> dict:
     print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; {len(test.names)} {split} "
           f"views of {data} at {cfg.img_size}px; device {args.device}, precision {args.precision}")
 
-    # 1. The orbit (or --poses): radius = mean distance of the training cameras to the grid centre.
+    # 1. The orbit (or --poses), RGB | depth per frame.
     if path is None:
-        radius = (train.poses[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
-        path = dv.orbit_poses(cfg.grid_center, radius, args.frames, args.elevation)
+        path = orbit(train, cfg, args.frames, args.elevation)
     rgb, depth, seconds = render_views(model, path, args.device, args.precision)
-    frames = torch.cat([resize(rgb, size), dv.colorize_depth(depth, size)], dim=3)   # (T, 3, size, 2 size)
+    frames = torch.cat([resize(rgb, size), depth_images(depth, len(rgb), size)], dim=3)   # (T, 3, size, 2 size)
     videos = write_video(out / ("path" if args.poses else "orbit"), to_uint8(frames))
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
@@ -161,7 +172,7 @@ def main(argv=None) -> dict:
     pick = torch.linspace(0, len(test.names) - 1, min(SHEET_VIEWS, len(test.names))).round().long()
     error = (pred[pick].clamp(0, 1) - test.images[pick]).abs().mean(1, keepdim=True).expand(-1, 3, -1, -1)
     rows = torch.cat([resize(test.images[pick], size), resize(pred[pick], size),
-                      dv.colorize_depth(pred_depth[pick], size), resize(error, size)], dim=3)
+                      depth_images(pred_depth, len(pred), size)[pick], resize(error, size)], dim=3)
     iio.imwrite(out / "sheet.png", np.concatenate(to_uint8(rows)))      # rows stacked vertically
 
     print(f"{'view':>10} {'PSNR':>7} {'SSIM':>6} | {'nearest view: PSNR':>18} {'SSIM':>6}")

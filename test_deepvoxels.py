@@ -526,6 +526,19 @@ def test_ssim_matches_direct_formula_and_its_properties():
     assert 1 > scores[0] > scores[1] > scores[2]                             # more noise, lower SSIM
 
 
+def test_orbit_circles_the_grid_centre_at_the_training_cameras_mean_distance(cube):
+    scene = dv.load_split(cube, "train", 16)
+    cfg = replace(TINY, grid_center=(0.2, -0.1, 0.3))
+    poses = render.orbit(scene, cfg, 8, 30.0).double().numpy()
+    eyes = poses[:, :3, 3] - np.array(cfg.grid_center)
+    radius = np.mean([np.linalg.norm(p[:3, 3] - np.array(cfg.grid_center)) for p in scene.poses.double().numpy()])
+    assert np.allclose(np.linalg.norm(eyes, axis=1), radius, atol=1e-5)
+    assert np.allclose(eyes[:, 2], radius * np.sin(np.radians(30)), atol=1e-5)          # 30 degrees up
+    assert np.allclose(poses[:, :3, 2], -eyes / radius, atol=1e-5)                      # looking at the centre
+    azimuth = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0]))
+    assert np.allclose(np.diff(azimuth) % 360, 45, atol=1e-3)                            # a full turn in 8 steps
+
+
 @pytest.fixture(scope="session")
 def tiny_run(cube, tmp_path_factory) -> Path:
     """A run folder with a checkpoint trained for 3 steps at the tiny sizes."""
@@ -565,10 +578,13 @@ def test_render_end_to_end(tiny_run, cube, tmp_path, capsys):
     closest = np.argmax(test.poses[:, :3, 2].numpy() @ train_split.poses[:, :3, 2].numpy().T, axis=1)
     mse = ((train_split.images.numpy()[closest] - test.images.numpy()) ** 2).reshape(4, -1).mean(1)
     assert np.allclose([v["baseline_psnr"] for v in report["views"]], -10 * np.log10(mse), atol=1e-3)
-    # The GIF: 6 frames of RGB | depth at 24 px; the orbit moves; the depth half is coloured, not grey.
+    # The GIF: 6 frames of RGB | depth at 24 px; RGB is the model's orbit (up to the GIF's palette), depth is coloured.
     frames = iio.imread(out / "orbit.gif")
     assert frames.shape == (6, 24, 48, 3)
-    assert np.abs(frames[0].astype(int) - frames[3]).mean() > 1
+    with torch.no_grad():
+        orbit = model.render(render.orbit(train_split, model.cfg, 6, 20.0))["rgb"]
+    orbit = nn.functional.interpolate(orbit, size=(24, 24), mode="bilinear", antialias=True).clamp(0, 1)
+    assert np.abs(frames[:, :, :24] / 255 - orbit.permute(0, 2, 3, 1).numpy()).mean() < 0.02
     assert np.abs(frames[:, :, 24:, 0].astype(int) - frames[:, :, 24:, 2]).mean() > 10
     assert iio.imread(out / "sheet.png").shape == (4 * 24, 4 * 24, 3)
     assert (out / "orbit.gif").stat().st_size < 200_000
