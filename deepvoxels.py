@@ -685,20 +685,46 @@ def render_cube(pose: np.ndarray, focal: float, size: int, supersample: int = 3)
     return image.reshape(size, supersample, size, supersample, 3).mean((1, 3))
 
 
+# The occlusion ablation's scene: two half-size cubes that hide each other from many directions;
+# the second has the first's colours rotated (red -> blue -> green), so the two are told apart.
+TWO_CUBES = [((-0.3, -0.15, 0.0), 0.5, [0, 1, 2]), ((0.3, 0.15, 0.0), 0.5, [2, 0, 1])]  # (centre, side, colour order)
+
+
+def render_boxes(pose: np.ndarray, focal: float, size: int, boxes: list = TWO_CUBES, supersample: int = 3) -> np.ndarray:
+    """Ray-cast axis-aligned cubes [(centre, side, colour order)], nearest hit wins: (size, size, 3), white background."""
+    n = size * supersample
+    ticks = (np.arange(n) + 0.5) / supersample
+    u, v = np.meshgrid(ticks, ticks)
+    dirs = np.stack([(u - size / 2) / focal, (v - size / 2) / focal, np.ones_like(u)], -1).reshape(-1, 3) @ pose[:3, :3].T
+    origin = pose[:3, 3]
+    image, nearest = np.ones((len(dirs), 3)), np.full(len(dirs), np.inf)
+    for center, side, order in boxes:
+        with np.errstate(divide="ignore", invalid="ignore"):               # slab test, as in render_cube
+            t0, t1 = (np.subtract(center, side / 2) - origin) / dirs, (np.add(center, side / 2) - origin) / dirs
+        t_near, t_far = np.minimum(t0, t1).max(1), np.maximum(t0, t1).min(1)
+        hit = (t_near < t_far) & (t_near > 0) & (t_near < nearest)         # in front of what was hit so far
+        local = (origin + t_near[hit, None] * dirs[hit] - center) / side   # (P, 3) in the unit cube's frame
+        axis = np.minimum(t0, t1)[hit].argmax(1)
+        image[hit] = cube_color(local, axis, np.sign(local[np.arange(len(local)), axis]))[:, order]
+        nearest[hit] = t_near[hit]
+    return image.reshape(size, supersample, size, supersample, 3).mean((1, 3))
+
+
 def make_cube_scene(root: str | Path, n_train: int = 100, n_test: int = 24, size: int = 128,
-                    radius: float = 2.5, grid_scale: float = 1.25) -> None:
+                    radius: float = 2.5, grid_scale: float = 1.25, render=render_cube) -> None:
     """Write the synthetic cube in the DeepVoxels layout (deterministic; a few seconds).
+    `render=render_boxes` writes the two cubes of the occlusion ablation instead.
 
     Training cameras lie on a Fibonacci sphere around the cube; test cameras on a spiral between
-    them (elevation between -50 and 50 degrees, two turns). All look at the origin.
+    them (elevation rising from -50 to 50 degrees over two turns). All look at the origin.
     """
     focal = 1.25 * size  # a 44-degree field of view: the cube fills about two thirds of the image
     i = np.arange(n_train) + 0.5
     z = 1 - 2 * i / n_train
     phi = np.pi * (1 + 5 ** 0.5) * i
     train_eyes = np.stack([np.sqrt(1 - z ** 2) * np.cos(phi), np.sqrt(1 - z ** 2) * np.sin(phi), z], 1)
-    s = np.linspace(0, 1, n_test, endpoint=False)
-    elev, azim = np.radians(50) * np.sin(2 * np.pi * s), 4 * np.pi * s + 0.3
+    s = np.linspace(0, 1, n_test)
+    elev, azim = np.radians(-50 + 100 * s), 4 * np.pi * s + 0.3
     test_eyes = np.stack([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)], 1)
     for split, eyes in (("train", train_eyes), ("test", test_eyes)):
         folder = Path(root) / split
@@ -708,7 +734,7 @@ def make_cube_scene(root: str | Path, n_train: int = 100, n_test: int = 24, size
             f"{focal} {size / 2} {size / 2} 0.\n0. 0. 0.\n0.\n{grid_scale}\n{size} {size}\n")
         for k, eye in enumerate(eyes):
             pose = look_at(radius * eye, np.zeros(3))
-            image = render_cube(pose, focal, size)
+            image = render(pose, focal, size)
             iio.imwrite(folder / "rgb" / f"{k:06d}.png", (image * 255).round().astype(np.uint8))
             np.savetxt(folder / "pose" / f"{k:06d}.txt", pose, fmt="%.8f")
 
