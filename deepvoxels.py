@@ -767,12 +767,16 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return s.flatten(1).mean(1).float()
 
 
-def colorize_depth(depth: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """Depth maps (B, 1, h, w) to viridis images (B, 3, size, size), near = bright."""
+def colorize_depth(depth: torch.Tensor, size: int | None = None, depth_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Depth maps (B, 1, h, w) to viridis images (B, 3, size, size), near = bright; each map spans
+    its own range unless `depth_range` = (near, far) fixes one for all (steady colours in a video)."""
     import matplotlib  # only for its colormap
 
-    lo, hi = depth.amin(dim=(1, 2, 3), keepdim=True), depth.amax(dim=(1, 2, 3), keepdim=True)
-    normalized = 1 - (depth - lo) / (hi - lo).clamp(min=1e-8)
+    if depth_range is None:
+        lo, hi = depth.amin(dim=(1, 2, 3), keepdim=True), depth.amax(dim=(1, 2, 3), keepdim=True)
+    else:
+        lo, hi = torch.tensor(depth_range[0]), torch.tensor(depth_range[1])
+    normalized = (1 - (depth - lo) / (hi - lo).clamp(min=1e-8)).clamp(0, 1)
     colors = torch.from_numpy(matplotlib.colormaps["viridis"](normalized[:, 0].cpu().numpy())[..., :3]).float()
     colors = colors.permute(0, 3, 1, 2)                                     # (B, 3, h, w)
     return colors if size is None else F.interpolate(colors, size=(size, size), mode="nearest")

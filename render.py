@@ -100,9 +100,9 @@ def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precisi
     return torch.cat(rgbs), depth, seconds
 
 
-def depth_images(depth: torch.Tensor | None, n: int, size: int) -> torch.Tensor:
+def depth_images(depth: torch.Tensor | None, n: int, size: int, depth_range=None) -> torch.Tensor:
     """Depth maps (n, 1, h, w) as viridis images (n, 3, size, size); plain grey for a model without depth."""
-    return torch.full((n, 3, size, size), 0.5) if depth is None else dv.colorize_depth(depth, size)
+    return torch.full((n, 3, size, size), 0.5) if depth is None else dv.colorize_depth(depth, size, depth_range)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -153,7 +153,8 @@ def main(argv=None) -> dict:
     if path is None:
         path = orbit(train, cfg, args.frames, args.elevation)
     rgb, depth, seconds = render_views(model, path, args.device, args.precision)
-    frames = torch.cat([resize(rgb, size), depth_images(depth, len(rgb), size)], dim=3)   # (T, 3, size, 2 size)
+    near, far = dv.view_depth_range(path, cfg)                        # one colour scale for every frame
+    frames = torch.cat([resize(rgb, size), depth_images(depth, len(rgb), size, (near.min().item(), far.max().item()))], dim=3)
     videos = write_video(out / ("path" if args.poses else "orbit"), to_uint8(frames))
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
