@@ -36,11 +36,11 @@ class TrainConfig:
     iters: int = field(default=100_000, metadata={"help": "stop after this many steps"})
     minutes: float = field(default=10.0, metadata={"help": "stop after this much training time (0: no limit)"})
     lr: float = field(default=4e-4, metadata={"help": "Adam learning rate of the model and the discriminator (the authors: 4e-4)"})
-    crop: int = field(default=0, metadata={"help": "border pixels left out of the loss (the authors: 5 of 512; that is under 1 px at our 64 px, hence 0)"})
+    crop: int = field(default=0, metadata={"help": "border pixels left out of the loss (the authors: 5 of 512, under 1 px at our 64 px: hence 0)"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 term (the authors: 200, next to --gan_weight 1; "
                                                      "alone, Adam makes its scale irrelevant, so 1 keeps the logged loss in image units)"})
     gan_weight: float = field(default=0.0, metadata={"help": "weight W of the adversarial term; 0 turns the PatchGAN discriminator off "
-                                                      "(the authors: 1 next to --l1_weight 200; sharpens detail, but only after the L1 fit converged: many GPU hours)"})
+                                                      "(the authors: 1 next to --l1_weight 200: sharpens texture that L1 alone blurs, once L1 has fit the views)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu or cuda"})
     precision: str = field(default="auto", metadata={"help": "bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units"})
