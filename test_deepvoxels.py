@@ -629,3 +629,39 @@ def test_render_cli_reports_bad_input_in_one_line(tiny_run, cube, tmp_path):
         result = run_render(*args)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+# ── Tutorial notebook (tutorial.ipynb, issue 4) ──────────────────────────────────────────────
+
+TUTORIAL_WRONG_ANSWERS = '''
+wrong_answers = [(check_projection, (np.array([32.0, 32.0]),)), (check_mask, (np.ones((cfg.grid_size,) * 3, bool),)),
+                 (check_spacing, (0.5,)), (check_grid, (2, 0)), (check_grid, (8, 100)), (check_broken_softmax, (2.0,))]
+if "check_scaling" in globals():
+    wrong_answers += [(check_scaling, (2.0, 1.0)), (check_scaling, (4.0, 2.0))]
+for check, wrong in wrong_answers:
+    try:
+        check(*wrong)
+    except AssertionError:
+        continue
+    raise RuntimeError(f"{check.__name__} accepted the wrong answer {wrong}")
+import sys
+print(sys.prefix)
+'''
+
+
+def test_tutorial_notebook_runs_in_a_real_kernel_and_its_checks_can_fail(monkeypatch):
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(HERE / "tutorial.ipynb", as_version=4)
+    assert nb.cells[-1].source.startswith("work.cleanup()")                 # the last cell removes its temporary folder
+    nb.cells.insert(len(nb.cells) - 1, nbformat.v4.new_code_cell(TUTORIAL_WRONG_ANSWERS))
+    monkeypatch.setenv("TUTORIAL_TRAIN_SECONDS", "6")                      # the notebook's two training runs, shortened
+    before = set(os.listdir(HERE))
+    # A failing cell raises CellExecutionError here; the solutions cell asserts every exercise's answer.
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(HERE)}}).execute()
+    assert set(os.listdir(HERE)) - before <= {"__pycache__"}                # nothing written into the repository
+    kernel_prefix = nb.cells[-2].outputs[-1]["text"].split()[-1]
+    assert Path(kernel_prefix).resolve() == Path(sys.prefix).resolve()      # the kernel ran in this environment
