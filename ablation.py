@@ -1,9 +1,9 @@
 """The paper's occlusion ablation (its Fig. 5) on one scene:  python ablation.py --data ./cube --iters 1000
 
 Trains the model with the visibility softmax and the naive one (depth flattened into channels,
-reduced by 2D convolutions) for the same number of steps (or minutes) with train.py, then reports for both the
-PSNR on the training and on the held-out views (rendered from the grid alone, as at test time)
-and the parameter count, and writes <out>/ablation.png: one row per held-out view,
+reduced by 2D convolutions) for the same number of steps (or minutes) with train.py, then reports
+for both the PSNR on the training and on the held-out views (rendered from the grid alone, as at
+test time) and the parameter count, and writes <out>/ablation.png: one row per held-out view,
 target | softmax | naive | softmax depth. Flags it does not know go to train.py for both runs.
 A missing --data folder named two_cubes is generated: two cubes that hide each other.
 """
@@ -51,8 +51,8 @@ def main(argv=None) -> None:
             trainer.main(["--data", args.data, "--out", str(out / kind), "--iters", str(args.iters),
                           "--minutes", str(args.minutes), "--occlusion", kind, *train_flags])
 
-    print(f"\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) |\n|---|---|---|---|---|---|")
-    columns, test = [], None
+    print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) |\n|---|---|---|---|---|---|")
+    columns = []
     for kind in kinds:
         model, state = dv.load_checkpoint(out / kind / "ckpt.pt")
         train_views = dv.load_split(args.data, "train", model.cfg.img_size)
