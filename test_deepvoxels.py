@@ -658,7 +658,7 @@ def test_tutorial_notebook_runs_in_a_real_kernel_and_its_checks_can_fail(monkeyp
     nb = nbformat.read(HERE / "tutorial.ipynb", as_version=4)
     assert nb.cells[-1].source.startswith("work.cleanup()")                 # the last cell removes its temporary folder
     nb.cells.insert(len(nb.cells) - 1, nbformat.v4.new_code_cell(TUTORIAL_WRONG_ANSWERS))
-    monkeypatch.setenv("TUTORIAL_TRAIN_SECONDS", "6")                      # the notebook's two training runs, shortened
+    monkeypatch.setenv("TUTORIAL_TRAIN_STEPS", "4")                        # the notebook's two training runs, shortened
     before = set(os.listdir(HERE))
     # A failing cell raises CellExecutionError here; the solutions cell asserts every exercise's answer.
     NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(HERE)}}).execute()
