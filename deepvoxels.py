@@ -68,9 +68,9 @@ class Config:
     cy: float = 32.0
 
     def __post_init__(self):
-        if not (self.img_size % self.feat_size == 0 and self.feat_size % 8 == 0 and self.grid_size % 4 == 0):
-            raise DataError(f"sizes: img_size ({self.img_size}) must be a multiple of feat_size ({self.feat_size}), "
-                            f"feat_size of 8 and grid_size ({self.grid_size}) of 4 (the U-Nets halve them)")
+        if not (self.img_size % self.feat_size == 0 and self.feat_size % 8 == 0 and self.grid_size % 4 == 0 and self.grid_size >= 8):
+            raise DataError(f"sizes: img_size ({self.img_size}) must be a multiple of feat_size ({self.feat_size}), feat_size "
+                            f"of 8 and grid_size ({self.grid_size}) of 4, at least 8 (the U-Nets halve them, batch norm needs > 1 value)")
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -665,29 +665,11 @@ def cube_color(points: np.ndarray, normals_axis: np.ndarray, sign: np.ndarray) -
     return color * shade[:, None]
 
 
-def render_cube(pose: np.ndarray, focal: float, size: int, supersample: int = 3) -> np.ndarray:
-    """Ray-cast the cube from a camera-to-world pose: (size, size, 3) in [0, 1], white background."""
-    n = size * supersample
-    ticks = (np.arange(n) + 0.5) / supersample                             # sub-pixel centres in pixels
-    u, v = np.meshgrid(ticks, ticks)
-    dirs_cam = np.stack([(u - size / 2) / focal, (v - size / 2) / focal, np.ones_like(u)], -1).reshape(-1, 3)
-    dirs = dirs_cam @ pose[:3, :3].T
-    origin = pose[:3, 3]
-    with np.errstate(divide="ignore", invalid="ignore"):                   # slab test for the box [-0.5, 0.5]^3
-        t0, t1 = (-0.5 - origin) / dirs, (0.5 - origin) / dirs
-    t_near = np.minimum(t0, t1).max(1)
-    t_far = np.maximum(t0, t1).min(1)
-    hit = (t_near < t_far) & (t_near > 0)
-    image = np.ones((len(dirs), 3))
-    points = origin + t_near[hit, None] * dirs[hit]
-    axis = np.minimum(t0, t1)[hit].argmax(1)                               # the slab entered last is the face
-    image[hit] = cube_color(points, axis, np.sign(points[np.arange(len(points)), axis]))
-    return image.reshape(size, supersample, size, supersample, 3).mean((1, 3))
-
-
-# The occlusion ablation's scene: two half-size cubes that hide each other from many directions;
-# the second has the first's colours rotated (red -> blue -> green), so the two are told apart.
-TWO_CUBES = [((-0.3, -0.15, 0.0), 0.5, [0, 1, 2]), ((0.3, 0.15, 0.0), 0.5, [2, 0, 1])]  # (centre, side, colour order)
+# The scenes, as lists of (centre, side, colour order) of textured cubes. The cube: one of side 1 at
+# the origin. The occlusion ablation's scene: two half-size cubes that hide each other from many
+# directions; the second has the first's colours rotated (red -> blue -> green).
+ONE_CUBE = [((0.0, 0.0, 0.0), 1.0, [0, 1, 2])]
+TWO_CUBES = [((-0.3, -0.15, 0.0), 0.5, [0, 1, 2]), ((0.3, 0.15, 0.0), 0.5, [2, 0, 1])]
 
 
 def render_boxes(pose: np.ndarray, focal: float, size: int, boxes: list = TWO_CUBES, supersample: int = 3) -> np.ndarray:
@@ -699,15 +681,20 @@ def render_boxes(pose: np.ndarray, focal: float, size: int, boxes: list = TWO_CU
     origin = pose[:3, 3]
     image, nearest = np.ones((len(dirs), 3)), np.full(len(dirs), np.inf)
     for center, side, order in boxes:
-        with np.errstate(divide="ignore", invalid="ignore"):               # slab test, as in render_cube
+        with np.errstate(divide="ignore", invalid="ignore"):               # slab test: the ray inside all 3 slabs
             t0, t1 = (np.subtract(center, side / 2) - origin) / dirs, (np.add(center, side / 2) - origin) / dirs
         t_near, t_far = np.minimum(t0, t1).max(1), np.maximum(t0, t1).min(1)
         hit = (t_near < t_far) & (t_near > 0) & (t_near < nearest)         # in front of what was hit so far
         local = (origin + t_near[hit, None] * dirs[hit] - center) / side   # (P, 3) in the unit cube's frame
-        axis = np.minimum(t0, t1)[hit].argmax(1)
+        axis = np.minimum(t0, t1)[hit].argmax(1)                          # the slab entered last is the face
         image[hit] = cube_color(local, axis, np.sign(local[np.arange(len(local)), axis]))[:, order]
         nearest[hit] = t_near[hit]
     return image.reshape(size, supersample, size, supersample, 3).mean((1, 3))
+
+
+def render_cube(pose: np.ndarray, focal: float, size: int) -> np.ndarray:
+    """Ray-cast the cube from a camera-to-world pose: (size, size, 3) in [0, 1], white background."""
+    return render_boxes(pose, focal, size, ONE_CUBE)
 
 
 def make_cube_scene(root: str | Path, n_train: int = 100, n_test: int = 24, size: int = 128,

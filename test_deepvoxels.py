@@ -3,6 +3,8 @@ naive loops, analytic depths, exact round trips). CPU only, offline; run with `p
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import deepvoxels as dv
+import render
 import train
 
 HERE = Path(__file__).parent
@@ -362,7 +365,7 @@ def test_checkpoint_from_another_configuration_is_refused(cube, tmp_path):
     model, state = dv.load_checkpoint(tmp_path / "ckpt.pt")
     assert model.cfg.grid_size == 8 and state["step"] == 1
     with pytest.raises(dv.DataError, match="another configuration"):
-        train.main([*common, "--resume", "--grid_size", "4"])
+        train.main([*common, "--resume", "--grid_size", "12"])
 
 
 # ── Issue 5: the occlusion ablation (naive vs softmax), the adversarial term, the recipe flags ──
@@ -474,10 +477,7 @@ def test_recipe_flags_round_trip_through_the_checkpoint_and_resume_restores_the_
             assert torch.equal(value, resumed[part][name]), (part, name)
 
 
-def test_two_cubes_scene_shows_the_nearer_cube_and_one_cube_matches_render_cube():
-    pose = dv.look_at(np.array([2.5, 0.3, 0.8]), np.zeros(3))
-    one_cube = [((0.0, 0.0, 0.0), 1.0, [0, 1, 2])]
-    assert np.array_equal(dv.render_boxes(pose, 40.0, 24, one_cube), dv.render_cube(pose, 40.0, 24))
+def test_two_cubes_scene_shows_the_nearer_cube():
     near, far = dv.TWO_CUBES[1], dv.TWO_CUBES[0]
     eye = 3 * np.subtract(near[0], far[0]) / np.linalg.norm(np.subtract(near[0], far[0]))   # both centres on the axis
     pose = dv.look_at(eye, np.zeros(3))
@@ -488,10 +488,6 @@ def test_two_cubes_scene_shows_the_nearer_cube_and_one_cube_matches_render_cube(
 
 # ── Issue 3: render.py (PSNR, SSIM, nearest-neighbour baseline, orbit, metrics, bad input) ──────
 
-import json  # noqa: E402  (this section's own imports)
-import os  # noqa: E402
-
-import render  # noqa: E402
 
 
 def test_psnr_matches_numpy():
@@ -650,8 +646,6 @@ print(sys.prefix)
 
 
 def test_tutorial_notebook_runs_in_a_real_kernel_and_its_checks_can_fail(monkeypatch):
-    import os
-
     import nbformat
     from nbclient import NotebookClient
 
