@@ -111,7 +111,14 @@ def main(argv=None) -> None:
         raise dv.DataError(f"{data}: no such data folder")
     train = dv.load_split(data, "train", sizes.img_size)
     test = dv.load_split(data, "test", sizes.img_size) if (data / "test").is_dir() else train
-    center = tuple(map(float, run.grid_center.split())) if run.grid_center else None
+    center = None
+    if run.grid_center:
+        try:
+            center = tuple(float(v) for v in run.grid_center.split())
+        except ValueError:
+            center = ()
+        if len(center) != 3:
+            raise dv.DataError(f"--grid_center: expected three numbers 'x y z', got {run.grid_center!r}")
     cfg = dv.scene_config(train, sizes, center, run.grid_scale or None)
     out = Path(run.out or Path("runs") / data.resolve().name)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,8 +133,9 @@ def main(argv=None) -> None:
     step, seconds, history = 0, 0.0, []
     if run.resume:
         resumed, state = dv.load_checkpoint(ckpt_path, run.device)
-        if resumed.cfg != cfg:
-            raise dv.DataError(f"{ckpt_path}: checkpoint was trained with another configuration ({resumed.cfg} vs {cfg})")
+        changed = [f"{k} {v} (now {getattr(cfg, k)})" for k, v in dataclasses.asdict(resumed.cfg).items() if getattr(cfg, k) != v]
+        if changed:
+            raise dv.DataError(f"{ckpt_path}: checkpoint was trained with another configuration: {', '.join(changed)}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if disc is not None and "discriminator" in state:
