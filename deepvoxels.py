@@ -788,9 +788,13 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[DeepVoxels, 
         raise DataError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # empty, truncated, foreign, or a pickle that is more than plain data
+        raise DataError(f"{path}: not a DeepVoxels checkpoint (not a readable file of plain tensors)") from None
+    try:
         cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
         model = DeepVoxels(cfg).to(device)
         model.load_state_dict(state["model"])
-    except Exception as e:  # unpickling, missing keys and shape mismatches all mean "not ours"
-        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # missing keys, unknown settings and shape mismatches: another version's file
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version ({type(e).__name__} {reason})") from None
     return model, state

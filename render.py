@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
     which.add_argument("--run", help="run folder holding ckpt.pt (default: the newest under runs/)")
     p.add_argument("--data", help="scene folder for the test views (default: the one the checkpoint was trained on)")
-    p.add_argument("--poses", help="folder of pose .txt files (dataset format, e.g. cube/test/pose) to render instead of the orbit")
+    p.add_argument("--poses", help="folder of pose .txt files (dataset format, e.g. cube/test/pose) to render as path.gif instead of the orbit")
     p.add_argument("--frames", type=int, default=36, help="frames of the orbit (default: 36)")
     p.add_argument("--elevation", type=float, default=20.0, help="orbit elevation above the grid centre in degrees (default: 20)")
     p.add_argument("--size", type=int, default=0, help="pixel size of the written frames (default: the model's img_size)")

@@ -33,8 +33,8 @@ class TrainConfig:
 
     data: str = field(default="./cube", metadata={"help": "scene folder in the DeepVoxels layout; a missing folder named 'cube' is generated"})
     out: str = field(default="", metadata={"help": "run folder for checkpoint, logs and previews (default: runs/<scene name>)"})
-    iters: int = field(default=100_000, metadata={"help": "stop after this many steps"})
-    minutes: float = field(default=10.0, metadata={"help": "stop after this much training time (0: no limit)"})
+    iters: int = field(default=100_000, metadata={"help": "stop after this many steps in all, counted over the whole run when resumed"})
+    minutes: float = field(default=10.0, metadata={"help": "stop after this much training time, counted over the whole run when resumed (0: no limit)"})
     lr: float = field(default=4e-4, metadata={"help": "Adam learning rate of the model and the discriminator (the authors: 4e-4)"})
     crop: int = field(default=0, metadata={"help": "border pixels left out of the loss (the authors: 5 of 512, under 1 px at our 64 px: hence 0)"})
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 term (the authors: 200, next to --gan_weight 1; "
@@ -42,13 +42,14 @@ class TrainConfig:
     gan_weight: float = field(default=0.0, metadata={"help": "weight W of the adversarial term; 0 turns the PatchGAN discriminator off "
                                                       "(the authors: 1 next to --l1_weight 200: sharpens texture that L1 alone blurs, once L1 has fit the views)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu or cuda"})
-    precision: str = field(default="auto", metadata={"help": "bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units"})
+    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu or cuda (default: cuda when available)"})
+    precision: str = field(default="auto", metadata={"help": "bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)",
+                                                     "choices": ("auto", "bf16", "fp32")})
     eval_every: float = field(default=30.0, metadata={"help": "seconds of training between held-out evaluations"})
     log_every: float = field(default=5.0, metadata={"help": "seconds between log lines"})
     grid_center: str = field(default="", metadata={"help": "'x y z' world centre of the grid (default: intrinsics.txt, else estimated)"})
-    grid_scale: float = field(default=0.0, metadata={"help": "world side length of the grid (default: intrinsics.txt, else estimated)"})
-    resume: bool = field(default=False, metadata={"help": "continue from <out>/ckpt.pt"})
+    grid_scale: float = field(default=0.0, metadata={"help": "world side length of the grid (default 0: intrinsics.txt, else estimated)"})
+    resume: bool = field(default=False, metadata={"help": "continue from <out>/ckpt.pt: same flags, --iters and --minutes count the whole run"})
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
             parser.add_argument(f"--{f.name}", type=kind, default=f.default, choices=f.metadata.get("choices"),
-                                help=f"{f.metadata['help']} (default: {f.default})")
+                                help=f.metadata["help"] if "default" in f.metadata["help"] else f"{f.metadata['help']} (default: {f.default})")
     args = vars(parser.parse_args(argv))
     train = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
     return train, dv.Config(**{f.name: args[f.name] for f in sizes})
@@ -196,14 +197,14 @@ def main(argv=None) -> None:
             now = time.perf_counter()
             if now - last_log >= run.log_every or step == run.iters or seconds >= budget:
                 ms = 1000 * (now - last_log) / max(step - last_log_step, 1)
-                left = min(budget - seconds, (run.iters - step) * ms / 1000)
+                left = max(0.0, min(budget - seconds, (run.iters - step) * ms / 1000))
                 held_out = f"{history[-1]['test_psnr']:.2f} dB" if history else "-"
                 print(f"step {step:6d} | loss {loss.item():.4f} | test PSNR {held_out} | {ms:5.0f} ms/step | "
                       f"grid max {model.grid.abs().max().item():.3g} | {left / 60:4.1f} min left", flush=True)
                 last_log, last_log_step = now, step
     except KeyboardInterrupt:
-        print("interrupted: saving the checkpoint before exiting")
         checkpoint()
+        print(f"interrupted: saved step {step} to {ckpt_path}; continue with the same command and --resume")
         sys.exit(130)
     checkpoint()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
