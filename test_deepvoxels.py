@@ -308,6 +308,7 @@ def write_scene(root: Path, n: int = 2) -> Path:
     return root
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # imageio's legacy plugins, tried on the broken PNG
 @pytest.mark.parametrize("breakage, message", [
     (lambda r: (r / "train" / "pose" / "000001.txt").unlink(), "000001.png: image has no pose file"),
     (lambda r: (r / "train" / "rgb" / "000001.png").unlink(), "000001.txt: pose has no image"),
@@ -356,6 +357,20 @@ def test_resume_gives_the_same_next_step_as_running_on(cube, tmp_path):
     assert straight["step"] == resumed["step"] == 4
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", "truncated", "foreign dict"])
+def test_load_checkpoint_refuses_what_is_not_a_checkpoint(cube, tmp_path, content):
+    path = tmp_path / "ckpt.pt"
+    if content == "truncated":
+        train.main(["--data", str(cube), "--minutes", "0", "--iters", "1", "--out", str(tmp_path), *TINY_FLAGS])
+        path.write_bytes(path.read_bytes()[:1000])
+    elif content == "foreign dict":
+        torch.save({"weights": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(dv.DataError, match="ckpt.pt: not a DeepVoxels checkpoint"):
+        dv.load_checkpoint(path)
 
 
 def test_checkpoint_from_another_configuration_is_refused(cube, tmp_path):
