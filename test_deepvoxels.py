@@ -359,6 +359,14 @@ def test_resume_gives_the_same_next_step_as_running_on(cube, tmp_path):
         assert torch.equal(value, resumed["model"][name]), name
 
 
+def test_learning_rate_is_constant_then_falls_linearly_to_zero():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    for decay_from, progress, expected in [(0.75, 0.0, 1.0), (0.75, 0.75, 1.0), (0.75, 0.875, 0.5), (0.75, 1.0, 0.0),
+                                           (0.5, 0.6, 0.8), (1.0, 0.99, 1.0)]:
+        train.set_learning_rate(optimizer, train.TrainConfig(lr=2.0, decay_from=decay_from), progress)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * expected)
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", "truncated", "foreign dict"])
 def test_load_checkpoint_refuses_what_is_not_a_checkpoint(cube, tmp_path, content):
     path = tmp_path / "ckpt.pt"
