@@ -22,15 +22,6 @@ import deepvoxels as dv
 import train as trainer
 
 
-def render_all(model: dv.DeepVoxels, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Test-time renders (V, 3, H, W) in fp32 and depth maps (V, 1, h, w) (None for the naive model)."""
-    model.eval()
-    with torch.no_grad():
-        outs = [model.render(p) for p in poses.split(8)]
-    depth = None if outs[0]["depth"] is None else torch.cat([o["depth"] for o in outs])
-    return torch.cat([o["rgb"] for o in outs]).clamp(0, 1), depth
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="./cube", help="scene folder in the DeepVoxels layout (default: ./cube)")
@@ -57,12 +48,11 @@ def main(argv=None) -> None:
         model, state = dv.load_checkpoint(out / kind / "ckpt.pt")
         train_views = dv.load_split(args.data, "train", model.cfg.img_size)
         test = dv.load_split(args.data, "test", model.cfg.img_size)
-        train_rgb, _ = render_all(model, train_views.poses)
-        test_rgb, depth = render_all(model, test.poses)
+        train_psnr, _, _ = trainer.evaluate(model, train_views, "cpu", "fp32")
+        test_psnr, test_rgb, depth = trainer.evaluate(model, test, "cpu", "fp32")
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | "
-              f"{dv.psnr(train_rgb, train_views.images).mean():.2f} | {dv.psnr(test_rgb, test.images).mean():.2f} |")
-        columns.append(test_rgb)
+        print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | {train_psnr:.2f} | {test_psnr:.2f} |")
+        columns.append(test_rgb.clamp(0, 1))
         if depth is not None:
             depth_column = dv.colorize_depth(depth, test_rgb.shape[-1])
     baseline = dv.psnr(dv.nearest_view_baseline(train_views, test.poses), test.images).mean()

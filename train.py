@@ -70,22 +70,23 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
     return train, dv.Config(**{f.name: args[f.name] for f in sizes})
 
 
-def evaluate(model: dv.DeepVoxels, test: dv.Scene, device: str, precision: str) -> tuple[float, dict]:
-    """Mean held-out PSNR of the test views rendered from the grid alone, and the first renders."""
+def evaluate(model: dv.DeepVoxels, scene: dv.Scene, device: str, precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+    """Mean PSNR of a scene's views rendered from the grid alone (as at test time), with the renders
+    (V, 3, H, W) and depth maps (V, 1, h, w); depth is None for the naive occlusion."""
     model.eval()
     with torch.no_grad(), dv.mixed_precision(device, precision):
-        outs = [model.render(poses.to(device)) for poses in test.poses.split(8)]
+        outs = [model.render(poses.to(device)) for poses in scene.poses.split(8)]
     model.train()
-    rgb = torch.cat([o["rgb"] for o in outs]).cpu()
-    depth = outs[0]["depth"]                                                  # None for the naive occlusion
-    return dv.psnr(rgb.float(), test.images).mean().item(), {"rgb": rgb[:4].float(), "depth": None if depth is None else depth[:4].float().cpu()}
+    rgb = torch.cat([o["rgb"] for o in outs]).float().cpu()
+    depth = None if outs[0]["depth"] is None else torch.cat([o["depth"] for o in outs]).float().cpu()
+    return dv.psnr(rgb, scene.images).mean().item(), rgb, depth
 
 
-def save_preview(path: Path, test: dv.Scene, renders: dict) -> None:
+def save_preview(path: Path, test: dv.Scene, rgb: torch.Tensor, depth: torch.Tensor | None, views: int = 4) -> None:
     """PNG with one row per held-out view: target | prediction | depth (if the model has one)."""
     size = test.images.shape[-1]
-    depth = [] if renders["depth"] is None else [dv.colorize_depth(renders["depth"], size)]
-    rows = torch.cat([test.images[:4], renders["rgb"].clamp(0, 1), *depth], dim=3)
+    depth_column = [] if depth is None else [dv.colorize_depth(depth[:views], size)]
+    rows = torch.cat([test.images[:views], rgb[:views].clamp(0, 1), *depth_column], dim=3)
     image = rows.permute(0, 2, 3, 1).reshape(-1, rows.shape[-1], 3)         # rows stacked vertically
     iio.imwrite(path, (image.numpy() * 255).round().astype("uint8"))
 
@@ -198,9 +199,9 @@ def main(argv=None) -> None:
             seconds = time.perf_counter() - start
             if seconds >= next_eval or step == run.iters or seconds >= budget:
                 eval_start = time.perf_counter()
-                test_psnr, renders = evaluate(model, test, run.device, run.precision)
+                test_psnr, rgb, depth = evaluate(model, test, run.device, run.precision)
                 history.append({"step": step, "minutes": round(seconds / 60, 3), "test_psnr": round(test_psnr, 3)})
-                save_preview(out / "preview.png", test, renders)
+                save_preview(out / "preview.png", test, rgb, depth)
                 (out / "history.json").write_text(json.dumps(history, indent=1))
                 checkpoint()
                 next_eval += run.eval_every
