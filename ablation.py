@@ -32,9 +32,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, default=6, help="held-out views in the picture, evenly spaced (default: 6)")
     args, train_flags = parser.parse_known_args(argv)
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}")
-    if not Path(args.data).exists() and Path(args.data).name == "two_cubes":
-        print(f"{args.data} does not exist: generating the two-cube scene there (a few seconds)")
-        dv.make_cube_scene(args.data, render=dv.render_boxes)
+    if not Path(args.data).exists() and Path(args.data).name in dv.SCENES:
+        print(f"{args.data} does not exist: generating the synthetic scene '{Path(args.data).name}' there (a few seconds)")
+        dv.make_scene(args.data, Path(args.data).name)
     kinds = ("softmax", "naive")
     if not args.compare_only:
         for kind in kinds:
