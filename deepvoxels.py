@@ -182,7 +182,7 @@ def mixed_precision(device: str, precision: str = "auto") -> torch.autocast:
 # Building block: a U-Net in 2D or 3D (the authors use U-Nets for all four networks)
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-class Conv3d(nn.Conv3d):
+class FastConv3d(nn.Conv3d):
     """nn.Conv3d that runs a batch of one as a batch of two depth halves on a CPU in fp32: same result, 3-8x faster.
 
     PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1 (or the kernel is
@@ -204,7 +204,7 @@ class Conv3d(nn.Conv3d):
 
 def conv_block(dims: int, c_in: int, c_out: int, stride: int = 1, transpose: bool = False) -> nn.Sequential:
     """Conv (3x3, or 4x4 when it changes the resolution) -> BatchNorm -> LeakyReLU(0.2)."""
-    Conv = {(2, False): nn.Conv2d, (3, False): Conv3d, (2, True): nn.ConvTranspose2d, (3, True): nn.ConvTranspose3d}[dims, transpose]
+    Conv = {(2, False): nn.Conv2d, (3, False): FastConv3d, (2, True): nn.ConvTranspose2d, (3, True): nn.ConvTranspose3d}[dims, transpose]
     Norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
     kernel = 4 if stride == 2 else 3
     return nn.Sequential(Conv(c_in, c_out, kernel, stride=stride, padding=1, bias=False), Norm(c_out), nn.LeakyReLU(0.2))
@@ -292,8 +292,8 @@ class IntegrationGRU(nn.Module):
         super().__init__()
         C = cfg.channels
 
-        def conv(c_out: int, bias: bool) -> Conv3d:
-            return Conv3d(C + 3, c_out, 3, padding=1, bias=bias)
+        def conv(c_out: int, bias: bool) -> FastConv3d:
+            return FastConv3d(C + 3, c_out, 3, padding=1, bias=bias)
 
         # Convolutions that read the same input are merged (one larger convolution is faster than
         # several small ones) and split back into the paper's terms in forward.
@@ -486,13 +486,17 @@ class DeepVoxels(nn.Module):
                 "update_gate": update_gate, "grid": new_grid}
 
     def render_grid(self, grid: torch.Tensor, poses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render poses (B, 4, 4) from a grid (1, C, N, N, N); returns every intermediate.
+        """Render poses (B, 4, 4) from a grid (1, C, N, N, N): 3D inpainting, then `render_inpainted`."""
+        return self.render_inpainted(self.inpainting(grid), poses)              # inpainted: (1, C, N, N, N)
+
+    def render_inpainted(self, inpainted: torch.Tensor, poses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Render poses (B, 4, 4) from an inpainted grid (1, C, N, N, N); returns every intermediate.
 
         Keys: rgb (B, 3, H, W), depth (B, 1, h, w), weights (B, D, h, w), view_volume
         (B, C, D, h, w), depths (B, D), flat_features (B, C, h, w), inpainted (1, C, N, N, N).
         With cfg.occlusion == "naive" there is no visibility: depth and weights are None.
+        At test time the inpainted grid depends on no view: render.py computes it once for all views.
         """
-        inpainted = self.inpainting(grid)                                       # (1, C, N, N, N)
         volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses, self.K_feat, self.cfg)
         flat, weights, depth = self.occlusion(volume, depths)                   # (B, C, h, w), (B, D, h, w), (B, 1, h, w)
         rgb = self.renderer(flat)                                               # (B, 3, H, W)

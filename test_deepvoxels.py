@@ -170,9 +170,9 @@ def test_gru_keeps_H_when_Z_is_0_and_takes_S_when_Z_is_1():
         assert torch.allclose(gru(X, H)[0], S, atol=1e-5)
 
 
-def test_conv3d_at_batch_one_equals_the_plain_convolution_with_its_gradients():
+def test_fast_conv3d_at_batch_one_equals_the_plain_convolution_with_its_gradients():
     torch.manual_seed(0)
-    conv = dv.Conv3d(5, 7, 3, padding=1)
+    conv = dv.FastConv3d(5, 7, 3, padding=1)
     x = torch.randn(1, 5, 8, 6, 4, requires_grad=True)                  # D, H, W all different
     out = conv(x)
     reference = F.conv3d(x, conv.weight, conv.bias, padding=1)          # PyTorch's own (slow) path
