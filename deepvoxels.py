@@ -535,8 +535,10 @@ def read_intrinsics(path: Path) -> Intrinsics:
         if not lines or len(lines[0]) < 3:
             raise ValueError("the first line must hold 'f cx cy'")
         if len(lines) in (3, 4) and {len(line) for line in lines} in ({3}, {4}):      # a matrix K
-            K = np.array(lines, dtype=np.float64)
-            intr = Intrinsics(K[0, 0], K[0, 2], K[1, 2], focal_y=K[1, 1])
+            K = np.array(lines, dtype=np.float64).tolist()
+            if not min(K[0][0], K[1][1]) > 0:
+                raise ValueError(f"the matrix K needs fx and fy > 0 on its diagonal, got {K[0][0]} and {K[1][1]}")
+            intr = Intrinsics(K[0][0], K[0][2], K[1][2], focal_y=K[1][1])
         else:
             focal, cx, cy = map(float, lines[0][:3])
             center = tuple(map(float, lines[1][:3])) if len(lines) > 1 else None
@@ -697,11 +699,13 @@ def load_transforms(path: Path, img_size: int) -> Scene:
             pose = np.array(frame["transform_matrix"], dtype=np.float64)
             if pose.shape != (4, 4) or not np.isfinite(pose).all() or abs(np.linalg.det(pose)) < 1e-9:
                 raise DataError(f"{path}: {where}transform_matrix must be an invertible 4x4 matrix")
-            camera = {**meta, **frame}
+            camera = {**meta, **frame}                                         # per-frame values win
+            if "fl_x" not in camera and "camera_angle_x" not in camera:
+                raise DataError(f"{path}: {where}missing key 'camera_angle_x' (or 'fl_x', 'fl_y', 'cx', 'cy')")
             if any(camera.get(key, 0) for key in ("k1", "k2", "k3", "k4", "p1", "p2")):
                 raise DataError(f"{path}: {where}lens distortion (k1, k2, p1, p2...) does not fit DeepVoxels' pinhole "
                                 f"camera: undistort the images first (colmap image_undistorter), or set them to 0 if negligible")
-            if "fl_x" in camera or "camera_angle_x" not in camera:
+            if "fl_x" in camera:
                 cameras.add((camera["fl_x"], camera.get("fl_y", camera["fl_x"]), camera["cx"], camera["cy"],
                              camera.get("w"), camera.get("h")))
             else:
@@ -709,7 +713,7 @@ def load_transforms(path: Path, img_size: int) -> Scene:
             paths.append(image)
             poses.append(opengl_to_opencv(torch.from_numpy(pose)).numpy())
     except KeyError as e:
-        raise DataError(f"{path}: {where}missing key {e}" + (" (or camera_angle_x)" if e.args[0] == "fl_x" else "")) from None
+        raise DataError(f"{path}: {where}missing key {e}") from None
     except (TypeError, ValueError) as e:
         raise DataError(f"{path}: {where}malformed entry ({e})") from None
     if not paths:
@@ -718,7 +722,7 @@ def load_transforms(path: Path, img_size: int) -> Scene:
         raise DataError(f"{path}: frames have {len(cameras)} different intrinsics; DeepVoxels uses one camera for all views")
     camera = cameras.pop()
     if len(camera) == 1:                                                       # camera_angle_x: from the image width
-        h, w = iio.improps(paths[0]).shape[:2]
+        h, w = read_image(paths[0]).shape[:2]
         focal = 0.5 * w / math.tan(0.5 * camera[0])
         intr = Intrinsics(focal, w / 2, h / 2, size=(h, w))
     else:
@@ -795,7 +799,7 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
     if not views:
         raise DataError(f"{path}: no images")
     names = sorted(views)
-    if len({views[n][2] for n in names}) > 1:
+    if any(views[n][2] != views[names[0]][2] for n in names):
         raise DataError(f"{model / 'cameras.txt'}: the images use cameras with different intrinsics; DeepVoxels uses one "
                         f"(colmap feature_extractor --ImageReader.single_camera 1)")
     return square_scene([views[n][0] for n in names], [views[n][1] for n in names], views[names[0]][2],
@@ -929,8 +933,9 @@ def plot_setup(path: str | Path, train: Scene, test: Scene | None, cfg: Config, 
             eyes, axes = scene.poses[:, :3, 3].numpy(), scene.poses[:, :3, 2].numpy() * 0.2 * reach
             ax.scatter(*eyes.T, color=color, s=8, label=f"{label} ({len(scene.names)})")
             ax.quiver(*eyes.T, *axes.T, color=color, lw=0.8)
-    ax.set(xlim=(center[0] - reach, center[0] + reach), ylim=(center[1] - reach, center[1] + reach),
-           zlim=(center[2] - reach, center[2] + reach), xlabel="x", ylabel="y", zlabel="z", box_aspect=(1, 1, 1),
+    gx, gy, gz = cfg.grid_center
+    ax.set(xlim=(gx - reach, gx + reach), ylim=(gy - reach, gy + reach), zlim=(gz - reach, gz + reach),
+           xlabel="x", ylabel="y", zlabel="z", box_aspect=(1, 1, 1),
            title=f"cameras and the grid (side {side:.3g})")
     ax.legend(loc="upper left", fontsize=8)
     image = fig.add_subplot(1, 2, 2)
