@@ -901,7 +901,7 @@ def grid_warning(scene: Scene, cfg: Config) -> str | None:
 
     factors = [2 ** (k / 8) for k in range(-24, 17)]                              # 0.125 ... 4
     enclosing = next((f for f in factors if views_outside(f) == 0), None)
-    where = f"the grid (side {cfg.grid_scale:.3g}, centre {tuple(round(c, 3) for c in cfg.grid_center)})"
+    where = f"the grid (side {cfg.grid_scale:.3g}, centre {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)})"
     checked = int(uniform.sum())
     if enclosing is None:
         return (f"warning: the object leaves {where} in {views_outside(1.0)} of {checked} training views, even at 4x the "

@@ -143,7 +143,8 @@ def main(argv=None) -> None:
         print(warning)
     dv.plot_setup(out / "cameras.png", train, held_out, cfg)
     if run.check:
-        print(f"grid centred at {cfg.grid_center}, side {cfg.grid_scale:.3g}; wrote {out / 'cameras.png'}; --check: not training")
+        print(f"grid centred at {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)}, side {cfg.grid_scale:.3g}; "
+              f"wrote {out / 'cameras.png'}; --check: not training")
         return
 
     torch.manual_seed(run.seed)
