@@ -497,8 +497,10 @@ class DeepVoxels(nn.Module):
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# 10. Data: the dataset layouts people have, each read into the same Scene, and a synthetic
-#     textured cube written in the DeepVoxels layout.
+# 10. Data: the dataset layouts people have, each read into the same Scene; the grid checked
+#     against the images and the set-up plotted; a synthetic textured cube in the DeepVoxels layout.
+#     Note: this part is longer than the paper's (sections 1-9), almost all of it file formats.
+#     Nothing in it is needed to follow the paper; on a first read, skip to `load_scene`.
 #     DeepVoxels: <scene>/<split>/rgb/000000.png, <scene>/<split>/pose/000000.txt, <scene>/<split>/intrinsics.txt
 #     pose: 16 numbers (4 rows or one row), an OpenCV camera-to-world matrix.
 #     intrinsics.txt, line by line: "f cx cy [ignored...]" / "x y z" grid barycenter / near plane
@@ -551,7 +553,7 @@ def read_intrinsics(path: Path) -> Intrinsics:
                 raise ValueError("line 5 must hold the image size 'H W'")
             # The barycenter counts only together with a scale: "0 0 0" and scale 0 ask for the estimate.
             intr = Intrinsics(focal, cx, cy, center if scale > 0 else None, near, scale if scale > 0 else None, size)
-        if not (intr.focal > 0 and intr.focal_y >= 0):
+        if not intr.focal > 0:
             raise ValueError(f"the focal length must be positive, got {intr.focal}")
     except ValueError as e:
         raise DataError(f"{path}: malformed intrinsics: {e}") from None
@@ -599,7 +601,7 @@ class Scene:
     source_size: tuple[int, int] | None = None  # (H, W) of the image files, before cropping and resizing
 
 
-def square_scene(image_paths: list[Path], poses: np.ndarray, intr: Intrinsics, intr_file: Path, img_size: int) -> Scene:
+def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrinsics, intr_file: Path, img_size: int) -> Scene:
     """Read the images (all of one size), centre-crop them to a square and resize them to img_size. The
     intrinsics follow: scaled from intr.size to the files' size, cx and cy shifted by the crop, all scaled
     by the resize (exact with pixel centres at j + 0.5). `intr_file` is named when the sizes disagree."""
@@ -818,17 +820,22 @@ def load_scene(root: str | Path, img_size: int) -> tuple[Scene, Scene | None, st
     root = Path(root)
     colmap = next((d for d in (root / "sparse" / "0", root / "sparse") if (d / "cameras.txt").is_file()), None)
     if (root / "transforms_train.json").is_file():
-        layout, held = "NeRF-synthetic", next((root / f"transforms_{s}.json" for s in ("test", "val")
-                                               if (root / f"transforms_{s}.json").is_file()), None)
-        train, test = load_transforms(root / "transforms_train.json", img_size), held and load_transforms(held, img_size)
+        layout = "NeRF-synthetic"
+        train = load_transforms(root / "transforms_train.json", img_size)
+        held_out = [root / f"transforms_{split}.json" for split in ("test", "val") if (root / f"transforms_{split}.json").is_file()]
+        test = load_transforms(held_out[0], img_size) if held_out else None
     elif (root / "transforms.json").is_file():
-        layout, (train, test) = "instant-ngp/nerfstudio transforms.json", hold_out(load_transforms(root / "transforms.json", img_size), root / "transforms.json")
+        layout = "instant-ngp/nerfstudio transforms.json"
+        train, test = hold_out(load_transforms(root / "transforms.json", img_size), root / "transforms.json")
     elif (root / "bbox.txt").is_file() or (root / "rgb").is_dir():
-        layout, (train, test) = "NSVF", load_nsvf(root, img_size)
+        layout = "NSVF"
+        train, test = load_nsvf(root, img_size)
     elif colmap is not None:
-        layout, (train, test) = "COLMAP text model", hold_out(load_colmap(colmap, root / "images", img_size), colmap / "images.txt")
+        layout = "COLMAP text model"
+        train, test = hold_out(load_colmap(colmap, root / "images", img_size), colmap / "images.txt")
     elif (root / "train").is_dir():
-        layout, train = "DeepVoxels", load_split(root, "train", img_size)
+        layout = "DeepVoxels"
+        train = load_split(root, "train", img_size)
         test = load_split(root, "test", img_size) if (root / "test").is_dir() else None
     else:
         raise DataError(f"{root / 'train'}: no such folder, and no other layout found (DeepVoxels: train/ and test/; NSVF: "
