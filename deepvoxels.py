@@ -876,7 +876,7 @@ def grid_box_mask(scene: Scene, center, side: float) -> torch.Tensor:
     V, _, H, W = scene.images.shape
     K = intrinsics_matrix(scene.intrinsics.focal, scene.intrinsics.cx, scene.intrinsics.cy, focal_y=scene.intrinsics.focal_y)
     origins, dirs = pixel_to_ray(pixel_centers(H, W).reshape(-1, 2), K, scene.poses)    # (V, 1, 3), (V, P, 3)
-    dirs = torch.where(dirs == 0, torch.full_like(dirs, 1e-12), dirs)
+    dirs = torch.where(dirs == 0, torch.full_like(dirs, 1e-12), dirs)          # a ray parallel to a slab: no 0 / 0
     lo, hi = torch.tensor(center) - side / 2, torch.tensor(center) + side / 2
     t0, t1 = (lo - origins) / dirs, (hi - origins) / dirs                     # (V, P, 3) where the ray crosses each slab
     t_near, t_far = torch.minimum(t0, t1).amax(-1), torch.maximum(t0, t1).amin(-1)
@@ -896,16 +896,18 @@ def grid_warning(scene: Scene, cfg: Config) -> str | None:
     border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 0], images[..., -1]], dim=-1)  # (V, 3, 4W)
     background = border.median(dim=-1).values                                  # (V, 3)
     uniform = ((border - background[..., None]).abs().amax(1) < 0.1).float().mean(-1) > 0.9   # (V,)
-    obj = ((images - background[..., None, None]).abs().amax(1) > 0.1) & uniform[:, None, None]  # (V, H, W)
-    if not obj.any():
+    object_pixels = ((images - background[..., None, None]).abs().amax(1) > 0.1) & uniform[:, None, None]  # (V, H, W)
+    if not object_pixels.any():
         return None if uniform.any() else "note: grid not checked against the images: no training view has a plain background"
 
     def views_outside(factor: float) -> int:
         box = grid_box_mask(scene, cfg.grid_center, cfg.grid_scale * factor).float()
         box = F.max_pool2d(box[:, None], 3, stride=1, padding=1)[:, 0] > 0         # one pixel of slack
-        outside = (obj & ~box).flatten(1).sum(1) > 0.005 * obj.flatten(1).sum(1)
+        outside = (object_pixels & ~box).flatten(1).sum(1) > 0.005 * object_pixels.flatten(1).sum(1)
         return int(outside.sum())
 
+    if views_outside(1.0) == 0 and views_outside(0.5) > 0:                       # fits, and not loosely: quiet
+        return None
     factors = [2 ** (k / 8) for k in range(-24, 17)]                              # 0.125 ... 4
     enclosing = next((f for f in factors if views_outside(f) == 0), None)
     where = f"the grid (side {cfg.grid_scale:.3g}, centre {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)})"
@@ -916,7 +918,7 @@ def grid_warning(scene: Scene, cfg: Config) -> str | None:
     if enclosing > 1:
         return (f"warning: the object leaves {where} in {views_outside(1.0)} of {checked} training views; "
                 f"--grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} would enclose it with a 10% margin (see cameras.png)")
-    if enclosing < 0.5:
+    if enclosing <= 0.5:
         return (f"warning: {where} is {1 / enclosing:.1f}x larger than the object needs in the training views, so the "
                 f"object gets few voxels; --grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} would enclose it with a 10% margin")
     return None

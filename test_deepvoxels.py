@@ -837,6 +837,8 @@ def test_grid_warning_is_quiet_on_the_cube_and_fires_on_a_grid_too_small_or_too_
     assert "the object leaves the grid" in off_centre
     large = dv.grid_warning(train, replace(cfg, grid_scale=4.0))
     assert "larger than the object needs" in large and 1.0 < float(large.split("--grid_scale ")[1].split()[0]) < 1.5
+    photographs = replace(train, images=torch.rand_like(train.images))   # no plain background: nothing to check against
+    assert dv.grid_warning(photographs, replace(cfg, grid_scale=0.6)).startswith("note: grid not checked")
 
 
 def test_check_flag_loads_checks_plots_and_exits(cube, tmp_path, capsys):
