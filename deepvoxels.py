@@ -852,7 +852,11 @@ def estimate_grid_placement(poses: torch.Tensor, intr: Intrinsics) -> tuple[tupl
     narrowest camera frustum at that point, so the grid stays inside every view."""
     origins, axes = poses[:, :3, 3].double(), poses[:, :3, 2].double()
     projector = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # I - d d^T
-    center = torch.linalg.solve(projector.sum(0), (projector @ origins[:, :, None]).sum(0))[:, 0]
+    try:
+        center = torch.linalg.solve(projector.sum(0), (projector @ origins[:, :, None]).sum(0))[:, 0]
+    except torch.linalg.LinAlgError:  # one camera, or parallel axes: no point is nearest to all of them
+        raise DataError("the training cameras' optical axes are parallel, so the grid cannot be estimated from them: "
+                        "give --grid_center and --grid_scale") from None
     dist = ((center - origins) * axes).sum(-1)                                 # depth of the centre
     fy = intr.focal_y or intr.focal
     half_width = min(intr.cx / intr.focal, (intr.size[1] - intr.cx) / intr.focal, intr.cy / fy, (intr.size[0] - intr.cy) / fy)
@@ -862,10 +866,11 @@ def estimate_grid_placement(poses: torch.Tensor, intr: Intrinsics) -> tuple[tupl
 def scene_config(train: Scene, sizes: Config, grid_center=None, grid_scale=None) -> Config:
     """Fill the scene part of a Config: intrinsics at img_size; the grid from the flags, else the files
     (bbox.txt, then intrinsics.txt: the readers put them in train.intrinsics), else the cameras."""
-    est_center, est_scale = estimate_grid_placement(train.poses, train.intrinsics)
     i = train.intrinsics
-    center = grid_center or i.grid_center or est_center
-    scale = grid_scale or i.grid_scale or est_scale
+    center, scale = grid_center or i.grid_center, grid_scale or i.grid_scale
+    if center is None or scale is None:
+        est_center, est_scale = estimate_grid_placement(train.poses, i)
+        center, scale = center or est_center, scale or est_scale
     return Config(**{**asdict(sizes), "grid_center": tuple(center), "grid_scale": float(scale),
                      "near": i.near, "focal": i.focal, "focal_y": i.focal_y, "cx": i.cx, "cy": i.cy})
 

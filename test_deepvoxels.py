@@ -794,6 +794,15 @@ def test_every_layout_reads_back_the_cube(cube, tmp_path, capsys, layout, export
     assert np.allclose(cfg.grid_center, expected[0], atol=1e-5) and cfg.grid_scale == pytest.approx(expected[1], abs=1e-5)
 
 
+def test_nerf_synthetic_holds_out_the_val_views_when_there_is_no_test_file(cube, tmp_path):
+    root = export_nerf_synthetic(cube, tmp_path / "scene")
+    (root / "transforms_test.json").rename(root / "transforms_val.json")
+    _, val, _ = dv.load_scene(root, 16)
+    assert torch.allclose(val.poses, dv.load_split(cube, "test", 16).poses, atol=1e-5)
+    (root / "transforms_val.json").unlink()
+    assert dv.load_scene(root, 16)[1] is None
+
+
 @pytest.mark.parametrize("fmt, width, height", [("transforms.json", 40, 24), ("COLMAP", 24, 40)])
 def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pixel(tmp_path, capsys, fmt, width, height):
     fx, fy, cx, cy, z = 30.0, 36.0, width / 2 + 1.0, height / 2 - 0.5, 3.0
@@ -817,6 +826,10 @@ def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pix
     i = train.intrinsics
     K = dv.intrinsics_matrix(i.focal, i.cx, i.cy, focal_y=i.focal_y)
     assert (K[0, 0].item(), K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))   # fx and fy stay apart
+    with pytest.raises(dv.DataError, match="optical axes are parallel"):  # one training view: no grid estimate
+        dv.scene_config(train, TINY)
+    model = dv.DeepVoxels(dv.scene_config(train, TINY, (0.0, 0.0, 3.0), 1.0))   # fx and fy reach the model's cameras
+    assert (model.K[0, 0].item(), model.K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))
     uv, _ = dv.camera_to_pixel(dv.world_to_camera(point.view(1, 1, 3), train.poses[:1]), K)
     darkness = 1 - train.images[0].mean(0)                                # (12, 12)
     centres = dv.pixel_centers(12, 12)                                    # (12, 12, 2) as (u, v)
