@@ -605,6 +605,9 @@ def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrins
     """Read the images (all of one size), centre-crop them to a square and resize them to img_size. The
     intrinsics follow: scaled from intr.size to the files' size, cx and cy shifted by the crop, all scaled
     by the resize (exact with pixel centres at j + 0.5). `intr_file` is named when the sizes disagree."""
+    if not (intr.focal > 0 and intr.focal_y >= 0 and (intr.size is None or min(intr.size) > 0)):
+        raise DataError(f"{intr_file}: focal lengths and image size must be positive, got fx {intr.focal}, "
+                        f"fy {intr.focal_y or intr.focal}, H W {intr.size}")
     squares = []
     for path in image_paths:
         image = read_image(path)                                                 # (H0, W0, 3)
@@ -708,10 +711,11 @@ def load_transforms(path: Path, img_size: int) -> Scene:
                 raise DataError(f"{path}: {where}lens distortion (k1, k2, p1, p2...) does not fit DeepVoxels' pinhole "
                                 f"camera: undistort the images first (colmap image_undistorter), or set them to 0 if negligible")
             if "fl_x" in camera:
-                cameras.add((camera["fl_x"], camera.get("fl_y", camera["fl_x"]), camera["cx"], camera["cy"],
-                             camera.get("w"), camera.get("h")))
+                size = (int(camera["h"]), int(camera["w"])) if "w" in camera and "h" in camera else None
+                cameras.add((float(camera["fl_x"]), float(camera.get("fl_y", camera["fl_x"])), float(camera["cx"]),
+                             float(camera["cy"]), size))
             else:
-                cameras.add((camera["camera_angle_x"],))
+                cameras.add((float(camera["camera_angle_x"]),))
             paths.append(image)
             poses.append(opengl_to_opencv(torch.from_numpy(pose)).numpy())
     except KeyError as e:
@@ -728,8 +732,8 @@ def load_transforms(path: Path, img_size: int) -> Scene:
         focal = 0.5 * w / math.tan(0.5 * camera[0])
         intr = Intrinsics(focal, w / 2, h / 2, size=(h, w))
     else:
-        fx, fy, cx, cy, w, h = camera
-        intr = Intrinsics(fx, cx, cy, size=(int(h), int(w)) if w and h else None, focal_y=fy)
+        fx, fy, cx, cy, size = camera
+        intr = Intrinsics(fx, cx, cy, size=size, focal_y=fy)
     return square_scene(paths, poses, intr, path, img_size)
 
 
@@ -770,7 +774,7 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
         try:
             w, h, *params = map(float, fields[2:])
             fx, fy, cx, cy = params if kind == "PINHOLE" else (params[0], *params)
-        except ValueError:
+        except (ValueError, IndexError):
             raise DataError(f"{model / 'cameras.txt'}: line {n}: expected CAMERA_ID {kind} WIDTH HEIGHT and its "
                             f"{4 if kind == 'PINHOLE' else 3} parameters") from None
         cameras[fields[0]] = Intrinsics(fx, cx, cy, size=(int(h), int(w)), focal_y=fy)
