@@ -24,7 +24,7 @@ import train as trainer
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="./cube", help="scene folder in the DeepVoxels layout (default: ./cube)")
+    parser.add_argument("--data", default="./cube", help="scene folder, any layout train.py reads (default: ./cube)")
     parser.add_argument("--iters", type=int, default=1000, help="training steps of each model (default: 1000)")
     parser.add_argument("--minutes", type=float, default=0.0, help="training time of each model, if it ends before --iters (default: 0, no limit)")
     parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>)")
@@ -46,8 +46,8 @@ def main(argv=None) -> None:
     columns = []
     for kind in kinds:
         model, state = dv.load_checkpoint(out / kind / "ckpt.pt")
-        train_views = dv.load_split(args.data, "train", model.cfg.img_size)
-        test = dv.load_split(args.data, "test", model.cfg.img_size)
+        train_views, test, _ = dv.load_scene(args.data, model.cfg.img_size)
+        test = train_views if test is None else test
         train_psnr, _, _ = trainer.evaluate(model, train_views, "cpu", "fp32")
         test_psnr, test_rgb, depth = trainer.evaluate(model, test, "cpu", "fp32")
         n_params = sum(p.numel() for p in model.parameters())

@@ -16,13 +16,18 @@ The file follows the paper's order:
 Camera convention (stated once, used everywhere)
   * Poses are 4x4 camera-to-world matrices in the OpenCV convention: camera x points right,
     y down, z forward (into the scene). `opengl_to_opencv` converts NeRF/Blender poses.
-  * Intrinsics are a focal length f (pixels, fx = fy) and a principal point (cx, cy).
+  * Intrinsics are focal lengths fx, fy (pixels; `focal` and `focal_y`, where focal_y 0 means
+    fy = fx) and a principal point (cx, cy). Images are square (other shapes are centre-cropped).
   * Pixel (row i, column j) has its centre at u = j + 0.5, v = i + 0.5; the image covers
-    [0, W] x [0, H]. A camera-space point (x, y, z) lands at u = f x / z + cx, v = f y / z + cy.
-    With this convention, resizing an image by s scales f, cx and cy by exactly s.
+    [0, W] x [0, H]. A camera-space point (x, y, z) lands at u = fx x / z + cx, v = fy y / z + cy.
+    With this convention, resizing an image by s scales fx, fy, cx and cy by exactly s.
   * The voxel grid is an axis-aligned cube of side `grid_scale` world units centred at
     `grid_center`, with N voxels per side. It is stored as (C, D, H, W) = (C, z, y, x), the
     layout `torch.nn.functional.grid_sample` expects; sampling coordinates are (x, y, z).
+    Where it goes, first source that says wins: the flags (--grid_center, --grid_scale), then
+    the dataset's bbox.txt (NSVF: the grid encloses the box), then intrinsics.txt (its barycenter
+    and scale lines, taken together and only when scale > 0: a barycenter `0 0 0` with a scale is
+    the world origin), then an estimate from the cameras (`estimate_grid_placement`).
 
 Shape letters: B batch, C feature channels, N voxels per grid side, D depth planes of the view
 volume, h x w the 2D feature maps, H x W the images.
@@ -30,8 +35,9 @@ volume, h x w the 2D feature maps, H x W the images.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -63,7 +69,8 @@ class Config:
     grid_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     grid_scale: float = 1.0
     near: float = 0.0  # near plane of the view volume; 0 means "from the grid's bounding sphere"
-    focal: float = 64.0
+    focal: float = 64.0   # fx in pixels
+    focal_y: float = 0.0  # fy in pixels; 0 means fy = fx
     cx: float = 32.0
     cy: float = 32.0
 
@@ -75,13 +82,13 @@ class Config:
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # 1. Cameras (paper Sec. 3, "projection" and "lifting" both use the pinhole model)
-#    x_cam = R^T (x_world - t) for a camera-to-world pose [R | t];  u = f x/z + cx,  v = f y/z + cy
+#    x_cam = R^T (x_world - t) for a camera-to-world pose [R | t];  u = fx x/z + cx,  v = fy y/z + cy
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-def intrinsics_matrix(focal: float, cx: float, cy: float, scale: float = 1.0) -> torch.Tensor:
-    """3x3 pinhole matrix K, optionally for an image resized by `scale`."""
+def intrinsics_matrix(focal: float, cx: float, cy: float, scale: float = 1.0, focal_y: float = 0.0) -> torch.Tensor:
+    """3x3 pinhole matrix K (fx = focal, fy = focal_y or focal), optionally for an image resized by `scale`."""
     return torch.tensor([[focal * scale, 0.0, cx * scale],
-                         [0.0, focal * scale, cy * scale],
+                         [0.0, (focal_y or focal) * scale, cy * scale],
                          [0.0, 0.0, 1.0]])
 
 
@@ -97,7 +104,7 @@ def camera_to_pixel(points_cam: torch.Tensor, K: torch.Tensor) -> tuple[torch.Te
     """Camera points (..., 3) to pixel coordinates (..., 2) = (u, v) and depth z (...)."""
     z = points_cam[..., 2]
     xy = points_cam[..., :2] / z.clamp(min=1e-8)[..., None]
-    return xy * K.diagonal()[:2] + K[:2, 2], z                          # u = f x/z + cx, v = f y/z + cy
+    return xy * K.diagonal()[:2] + K[:2, 2], z                          # u = fx x/z + cx, v = fy y/z + cy
 
 
 def pixel_to_ray(uv: torch.Tensor, K: torch.Tensor, cam2world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,12 +168,17 @@ def world_to_grid_coords(points: torch.Tensor, cfg: Config) -> torch.Tensor:
 
 
 def view_depth_range(cam2world: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Near and far depth (B,) per camera so that the depth planes cover the grid's bounding sphere."""
+    """Near and far depth (B,) per camera so that the depth planes cover the grid's bounding sphere.
+
+    The planes lie at constant camera z, so the range is the camera z of the centre, (c - o) · axis,
+    minus and plus the sphere's radius (not the distance to the centre: off-axis, that cuts the grid).
+    A camera that faces away from the grid gets a short range in front of its near plane.
+    """
     radius = cfg.grid_scale * math.sqrt(3) / 2
     center = torch.tensor(cfg.grid_center, device=cam2world.device)
-    dist = (cam2world[:, :3, 3] - center).norm(dim=-1)
-    near = (dist - radius).clamp(min=0.05 * radius) if cfg.near <= 0 else torch.full_like(dist, cfg.near)
-    return near, dist + radius
+    z_center = ((center - cam2world[:, :3, 3]) * cam2world[:, :3, 2]).sum(-1)    # (B,)
+    near = (z_center - radius).clamp(min=0.05 * radius) if cfg.near <= 0 else torch.full_like(z_center, cfg.near)
+    return near, torch.maximum(z_center + radius, near + 0.1 * radius)
 
 
 def mixed_precision(device: str, precision: str = "auto") -> torch.autocast:
@@ -330,7 +342,7 @@ def make_inpainting_net(cfg: Config) -> UNet:
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # 6. Projection to the canonical view volume (paper Sec. 3.2): the target camera's frustum,
 #    one sample per feature pixel and depth plane, read trilinearly from the grid.
-#    Point of pixel (u, v) at depth z:  x_world = R (z (u - cx)/f, z (v - cy)/f, z) + t
+#    Point of pixel (u, v) at depth z:  x_world = R (z (u - cx)/fx, z (v - cy)/fy, z) + t
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def view_volume_points(cam2world: torch.Tensor, K_feat: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -469,8 +481,8 @@ class DeepVoxels(nn.Module):
         self.renderer = RenderingNet(cfg)
         n = cfg.grid_size
         self.register_buffer("grid", torch.zeros(1, cfg.channels, n, n, n))   # the DeepVoxels, H
-        self.register_buffer("K", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy))
-        self.register_buffer("K_feat", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size))
+        self.register_buffer("K", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, focal_y=cfg.focal_y))
+        self.register_buffer("K_feat", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size, cfg.focal_y))
 
     def fuse(self, source_image: torch.Tensor, source_pose: torch.Tensor) -> dict[str, torch.Tensor]:
         """Lift one source view (1, 3, H, W) with pose (1, 4, 4) and fuse it into the grid.
@@ -514,49 +526,67 @@ class DeepVoxels(nn.Module):
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# 10. Data: the DeepVoxels dataset layout and a synthetic textured cube written in it
-#     <scene>/<split>/rgb/000000.png, <scene>/<split>/pose/000000.txt, <scene>/<split>/intrinsics.txt
+# 10. Data: the dataset layouts people have, each read into the same Scene; the grid checked
+#     against the images and the set-up plotted; a synthetic textured cube in the DeepVoxels layout.
+#     Note: this part is longer than the paper's (sections 1-9), almost all of it file formats.
+#     Nothing in it is needed to follow the paper; on a first read, skip to `load_scene`.
+#     DeepVoxels: <scene>/<split>/rgb/000000.png, <scene>/<split>/pose/000000.txt, <scene>/<split>/intrinsics.txt
 #     pose: 16 numbers (4 rows or one row), an OpenCV camera-to-world matrix.
 #     intrinsics.txt, line by line: "f cx cy [ignored...]" / "x y z" grid barycenter / near plane
-#     (0: choose for me) / scale (world size of the grid) / "H W" the intrinsics refer to / [flag]
+#     (0: choose for me) / scale (world size of the grid; 0: estimate it, and the barycenter with it)
+#     / "H W" the intrinsics refer to / [flag].  NSVF, NeRF (transforms*.json) and COLMAP: see load_scene.
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 @dataclass
 class Intrinsics:
-    """The contents of intrinsics.txt; None where a line is absent."""
+    """A camera's intrinsics and the grid placement its files give; None where they say nothing."""
 
-    focal: float
+    focal: float                # fx in pixels
     cx: float
     cy: float
     grid_center: tuple[float, float, float] | None = None
     near: float = 0.0
     grid_scale: float | None = None
-    size: tuple[int, int] | None = None  # (H, W) the focal length and principal point refer to
+    size: tuple[int, int] | None = None  # (H, W) the focal lengths and principal point refer to
+    focal_y: float = 0.0        # fy in pixels; 0 means fy = fx
+
+
+def read_text(path: Path) -> str:
+    """A text file's contents; a DataError naming the file if it cannot be read."""
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
 
 
 def read_intrinsics(path: Path) -> Intrinsics:
-    """Parse an intrinsics.txt (format above)."""
-    try:
-        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    """Parse an intrinsics.txt (format above), or the 3x3 / 4x4 matrix K that NSVF also writes there."""
+    lines = [line.split() for line in read_text(path).splitlines() if line.strip()]
     try:
         if not lines or len(lines[0]) < 3:
             raise ValueError("the first line must hold 'f cx cy'")
-        focal, cx, cy = map(float, lines[0][:3])
-        if not focal > 0:
-            raise ValueError(f"the focal length must be positive, got {focal}")
-        center = tuple(map(float, lines[1][:3])) if len(lines) > 1 else None
-        if center is not None and len(center) != 3:
-            raise ValueError("line 2 (grid barycenter) must hold 'x y z'")
-        near = float(lines[2][0]) if len(lines) > 2 else 0.0
-        scale = float(lines[3][0]) if len(lines) > 3 else 0.0
-        size = tuple(int(float(v)) for v in lines[4][:2]) if len(lines) > 4 else None
-        if size is not None and (len(size) != 2 or min(size) <= 0):
-            raise ValueError("line 5 must hold the image size 'H W'")
+        if len(lines) in (3, 4) and {len(line) for line in lines} in ({3}, {4}):      # a matrix K
+            K = np.array(lines, dtype=np.float64).tolist()
+            if not min(K[0][0], K[1][1]) > 0:
+                raise ValueError(f"the matrix K needs fx and fy > 0 on its diagonal, got {K[0][0]} and {K[1][1]}")
+            intr = Intrinsics(K[0][0], K[0][2], K[1][2], focal_y=K[1][1])
+        else:
+            focal, cx, cy = map(float, lines[0][:3])
+            center = tuple(map(float, lines[1][:3])) if len(lines) > 1 else None
+            if center is not None and len(center) != 3:
+                raise ValueError("line 2 (grid barycenter) must hold 'x y z'")
+            near = float(lines[2][0]) if len(lines) > 2 else 0.0
+            scale = float(lines[3][0]) if len(lines) > 3 else 0.0
+            size = tuple(int(float(v)) for v in lines[4][:2]) if len(lines) > 4 else None
+            if size is not None and (len(size) != 2 or min(size) <= 0):
+                raise ValueError("line 5 must hold the image size 'H W'")
+            # The barycenter counts only together with a scale: "0 0 0" and scale 0 ask for the estimate.
+            intr = Intrinsics(focal, cx, cy, center if scale > 0 else None, near, scale if scale > 0 else None, size)
+        if not intr.focal > 0:
+            raise ValueError(f"the focal length must be positive, got {intr.focal}")
     except ValueError as e:
         raise DataError(f"{path}: malformed intrinsics: {e}") from None
-    return Intrinsics(focal, cx, cy, center, near, scale if scale > 0 else None, size)
+    return intr
 
 
 def read_pose(path: Path) -> np.ndarray:
@@ -597,43 +627,257 @@ class Scene:
     poses: torch.Tensor         # (V, 4, 4) OpenCV camera-to-world
     intrinsics: Intrinsics
     names: list[str]
+    source_size: tuple[int, int] | None = None  # (H, W) of the image files, before cropping and resizing
 
 
-def load_split(root: str | Path, split: str, img_size: int) -> Scene:
-    """Load `root/split` of a DeepVoxels-layout scene at img_size x img_size."""
+def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrinsics, intr_file: Path, img_size: int) -> Scene:
+    """Read the images (all of one size), centre-crop them to a square and resize them to img_size. The
+    intrinsics follow: scaled from intr.size to the files' size, cx and cy shifted by the crop, all scaled
+    by the resize (exact with pixel centres at j + 0.5). `intr_file` is named when the sizes disagree."""
+    if not (intr.focal > 0 and intr.focal_y >= 0 and (intr.size is None or min(intr.size) > 0)):
+        raise DataError(f"{intr_file}: focal lengths and image size must be positive, got fx {intr.focal}, "
+                        f"fy {intr.focal_y or intr.focal}, H W {intr.size}")
+    squares = []
+    for path in image_paths:
+        image = read_image(path)                                                 # (H0, W0, 3)
+        if not squares:
+            h0, w0 = image.shape[:2]
+            side = min(h0, w0)
+            top, left = (h0 - side) // 2, (w0 - side) // 2
+        elif image.shape[:2] != (h0, w0):
+            raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, but {image_paths[0].name} is {w0}x{h0}")
+        square = torch.from_numpy(image[top:top + side, left:left + side]).permute(2, 0, 1)[None]  # (1, 3, side, side)
+        if side != img_size:
+            square = F.interpolate(square, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+        squares.append(square)
+    ref_h, ref_w = intr.size or (h0, w0)
+    if abs(ref_w * h0 / (ref_h * w0) - 1) > 0.01:
+        raise DataError(f"{intr_file}: the intrinsics are for {ref_w}x{ref_h} images, a different shape from the {w0}x{h0} images")
+    s = img_size / side
+    fx, fy = intr.focal * w0 / ref_w * s, (intr.focal_y or intr.focal) * h0 / ref_h * s
+    intr = replace(intr, focal=fx, focal_y=0.0 if fy == fx else fy, cx=(intr.cx * w0 / ref_w - left) * s,
+                   cy=(intr.cy * h0 / ref_h - top) * s, size=(img_size, img_size))
+    names = [p.stem for p in image_paths]
+    return Scene(torch.cat(squares).clamp(0, 1).contiguous(), torch.from_numpy(np.stack(poses)).float(), intr, names, (h0, w0))
+
+
+def load_split(root: str | Path, split: str, img_size: int, prefix: str = "") -> Scene:
+    """Load `root/split` of a DeepVoxels-layout scene at img_size x img_size (only the views whose
+    file names start with `prefix`; split "" reads rgb/, pose/ and intrinsics.txt in root itself)."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder (expected {split}/rgb, {split}/pose, {split}/intrinsics.txt)")
-    rgb_files = {p.stem: p for p in sorted((folder / "rgb").glob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
-    pose_files = {p.stem: p for p in sorted((folder / "pose").glob("*.txt"))}
+    rgb_files = {p.stem: p for p in sorted((folder / "rgb").glob(prefix + "*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
+    pose_files = {p.stem: p for p in sorted((folder / "pose").glob(prefix + "*.txt"))}
     if not rgb_files:
-        raise DataError(f"{folder / 'rgb'}: no images found")
+        raise DataError(f"{folder / 'rgb'}: no images found" + (f" named {prefix}*" if prefix else ""))
     for stem in rgb_files.keys() - pose_files.keys():
         raise DataError(f"{rgb_files[stem]}: image has no pose file {folder / 'pose' / (stem + '.txt')}")
     for stem in pose_files.keys() - rgb_files.keys():
         raise DataError(f"{pose_files[stem]}: pose has no image in {folder / 'rgb'}")
     intr = read_intrinsics(folder / "intrinsics.txt")
     names = sorted(rgb_files)
-    images = []
-    for name in names:
-        image = read_image(rgb_files[name])
-        if images and image.shape != images[0].shape:
-            raise DataError(f"{rgb_files[name]}: image is {image.shape[1]}x{image.shape[0]}, "
-                            f"but {rgb_files[names[0]].name} is {images[0].shape[1]}x{images[0].shape[0]}")
-        images.append(image)
-    h0, w0 = images[0].shape[:2]
-    if h0 != w0:
-        raise DataError(f"{rgb_files[names[0]]}: images must be square, got {w0}x{h0}")
-    ref_h, ref_w = intr.size or (h0, w0)
-    s = img_size / ref_w  # rescale the intrinsics with the image
-    if abs(ref_h / ref_w - 1) > 1e-6:
-        raise DataError(f"{folder / 'intrinsics.txt'}: image size line {ref_h} {ref_w} is not square like the images")
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)          # (V, 3, H0, W0)
-    if h0 != img_size:
-        batch = F.interpolate(batch, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
-    poses = torch.from_numpy(np.stack([read_pose(pose_files[n]) for n in names])).float()
-    intr = Intrinsics(intr.focal * s, intr.cx * s, intr.cy * s, intr.grid_center, intr.near, intr.grid_scale, (img_size, img_size))
-    return Scene(batch.clamp(0, 1).contiguous(), poses, intr, names)
+    poses = [read_pose(pose_files[n]) for n in names]
+    return square_scene([rgb_files[n] for n in names], poses, intr, folder / "intrinsics.txt", img_size)
+
+
+def read_bbox(path: Path) -> tuple[tuple[float, float, float], float]:
+    """NSVF's bbox.txt "x_min y_min z_min x_max y_max z_max [voxel_size]" -> the grid cube that encloses
+    the box: its centre and, as side, the box's longest edge."""
+    try:
+        values = [float(v) for v in read_text(path).split()]
+    except ValueError:
+        raise DataError(f"{path}: bounding box is not a list of numbers") from None
+    if len(values) not in (6, 7) or not all(lo < hi for lo, hi in zip(values[:3], values[3:6])):
+        raise DataError(f"{path}: expected 'x_min y_min z_min x_max y_max z_max [voxel_size]' with each min < max")
+    lo, hi = np.array(values[:3]), np.array(values[3:6])
+    return tuple(((lo + hi) / 2).tolist()), float((hi - lo).max())
+
+
+def load_nsvf(root: Path, img_size: int) -> tuple[Scene, Scene | None]:
+    """NSVF: the DeepVoxels files, either in train/ and test/ or all in one rgb/ and pose/ with the split as a
+    file-name prefix (0_ train, 1_ validation, 2_ test), plus bbox.txt, which places the grid."""
+    if (root / "train").is_dir():
+        train = load_split(root, "train", img_size)
+        test = load_split(root, "test", img_size) if (root / "test").is_dir() else None
+    else:
+        prefixes = {p.name[:2] for p in (root / "rgb").glob("?_*")}
+        train = load_split(root, "", img_size, "0_" if "0_" in prefixes else "")
+        held_out = "2_" if "2_" in prefixes else "1_" if "1_" in prefixes else None
+        test = load_split(root, "", img_size, held_out) if held_out and "0_" in prefixes else None
+    if (root / "bbox.txt").is_file():
+        center, side = read_bbox(root / "bbox.txt")
+        for scene in filter(None, (train, test)):
+            scene.intrinsics = replace(scene.intrinsics, grid_center=center, grid_scale=side)
+    return train, test
+
+
+def load_transforms(path: Path, img_size: int) -> Scene:
+    """One transforms*.json (NeRF-synthetic/Blender, instant-ngp, nerfstudio). Poses are camera-to-world in
+    OpenGL axes, converted by opengl_to_opencv. Intrinsics: fl_x, fl_y, cx, cy (w, h: the size they refer
+    to), per frame or for all; or camera_angle_x, the horizontal field of view: f = 0.5 W / tan(0.5
+    camera_angle_x), principal point at the image centre. RGBA images are composited on white."""
+    try:
+        meta = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    paths, poses, cameras, where = [], [], set(), ""
+    try:
+        for k, frame in enumerate(meta["frames"]):
+            where = f"frame {k}: "
+            image = path.parent / frame["file_path"]
+            if not image.is_file() and not image.suffix:                       # NeRF-synthetic leaves out ".png"
+                image = image.with_name(image.name + ".png")
+            if not image.is_file():
+                raise DataError(f"{path}: {where}image {frame['file_path']} not found (looked for {image})")
+            pose = np.array(frame["transform_matrix"], dtype=np.float64)
+            if pose.shape != (4, 4) or not np.isfinite(pose).all() or abs(np.linalg.det(pose)) < 1e-9:
+                raise DataError(f"{path}: {where}transform_matrix must be an invertible 4x4 matrix")
+            camera = {**meta, **frame}                                         # per-frame values win
+            if "fl_x" not in camera and "camera_angle_x" not in camera:
+                raise DataError(f"{path}: {where}missing key 'camera_angle_x' (or 'fl_x', 'fl_y', 'cx', 'cy')")
+            if any(camera.get(key, 0) for key in ("k1", "k2", "k3", "k4", "p1", "p2")):
+                raise DataError(f"{path}: {where}lens distortion (k1, k2, p1, p2...) does not fit DeepVoxels' pinhole "
+                                f"camera: undistort the images first (colmap image_undistorter), or set them to 0 if negligible")
+            if "fl_x" in camera:
+                size = (int(camera["h"]), int(camera["w"])) if "w" in camera and "h" in camera else None
+                cameras.add((float(camera["fl_x"]), float(camera.get("fl_y", camera["fl_x"])), float(camera["cx"]),
+                             float(camera["cy"]), size))
+            else:
+                cameras.add((float(camera["camera_angle_x"]),))
+            paths.append(image)
+            poses.append(opengl_to_opencv(torch.from_numpy(pose)).numpy())
+    except KeyError as e:
+        raise DataError(f"{path}: {where}missing key {e}") from None
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: {where}malformed entry ({e})") from None
+    if not paths:
+        raise DataError(f"{path}: no frames")
+    if len(cameras) > 1:
+        raise DataError(f"{path}: frames have {len(cameras)} different intrinsics; DeepVoxels uses one camera for all views")
+    camera = cameras.pop()
+    if len(camera) == 1:                                                       # camera_angle_x: from the image width
+        h, w = read_image(paths[0]).shape[:2]
+        focal = 0.5 * w / math.tan(0.5 * camera[0])
+        intr = Intrinsics(focal, w / 2, h / 2, size=(h, w))
+    else:
+        fx, fy, cx, cy, size = camera
+        intr = Intrinsics(fx, cx, cy, size=size, focal_y=fy)
+    return square_scene(paths, poses, intr, path, img_size)
+
+
+def hold_out(scene: Scene, source: Path, every: int = 8) -> tuple[Scene, Scene]:
+    """Split the views of one file (`source`) into training and held-out views: every `every`-th (0, 8, 16...) is held out."""
+    if len(scene.names) < 2:
+        raise DataError(f"{source}: only one view; at least 2 are needed, one to hold out")
+    held = torch.arange(len(scene.names)) % every == 0
+
+    def pick(keep: torch.Tensor) -> Scene:
+        return Scene(scene.images[keep], scene.poses[keep], scene.intrinsics,
+                     [n for n, k in zip(scene.names, keep) if k], scene.source_size)
+    return pick(~held), pick(held)
+
+
+def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
+    """3x3 rotation matrix of a unit quaternion (w, x, y, z)."""
+    w, x, y, z = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
+    """COLMAP's text model: cameras.txt ("CAMERA_ID MODEL WIDTH HEIGHT PARAMS", pinhole models only) and
+    images.txt (per image "IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME", then a line of 2D points), the
+    photos in `images`. Quaternion and translation are world-to-camera in OpenCV axes, x_cam = R x_world + t,
+    so the camera-to-world pose is [R^T | -R^T t]. Views in name order."""
+    cameras = {}
+    for n, line in enumerate(read_text(model / "cameras.txt").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split()
+        kind = fields[1] if len(fields) > 1 else ""
+        if kind not in ("SIMPLE_PINHOLE", "PINHOLE"):
+            raise DataError(f"{model / 'cameras.txt'}: line {n}: camera model {kind or '(none)'} is not a pinhole model (SIMPLE_PINHOLE, "
+                            f"PINHOLE); run colmap image_undistorter, which writes PINHOLE cameras and undistorted images")
+        try:
+            w, h, *params = map(float, fields[2:])
+            fx, fy, cx, cy = params if kind == "PINHOLE" else (params[0], *params)
+        except (ValueError, IndexError):
+            raise DataError(f"{model / 'cameras.txt'}: line {n}: expected CAMERA_ID {kind} WIDTH HEIGHT and its "
+                            f"{4 if kind == 'PINHOLE' else 3} parameters") from None
+        cameras[fields[0]] = Intrinsics(fx, cx, cy, size=(int(h), int(w)), focal_y=fy)
+    path = model / "images.txt"
+    lines = iter([(n, line) for n, line in enumerate(read_text(path).splitlines(), 1) if not line.startswith("#")])
+    views = {}
+    for n, line in lines:
+        if not line.strip():
+            continue
+        next(lines, None)                                                      # the image's 2D points
+        fields = line.split(maxsplit=9)
+        try:
+            q, t = np.array(fields[1:5], dtype=np.float64), np.array(fields[5:8], dtype=np.float64)
+            camera, name = cameras[fields[8]], fields[9].strip()
+        except (ValueError, IndexError):
+            raise DataError(f"{path}: line {n}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME") from None
+        except KeyError:
+            raise DataError(f"{path}: line {n}: camera {fields[8]} is not in cameras.txt") from None
+        if abs(np.linalg.norm(q) - 1) > 1e-3:
+            raise DataError(f"{path}: line {n}: quaternion QW QX QY QZ = {' '.join(fields[1:5])} has length "
+                            f"{np.linalg.norm(q):.4g}, not 1")
+        if not (images / name).is_file():
+            raise DataError(f"{path}: line {n}: image {images / name} not found")
+        R = quaternion_to_rotation(q / np.linalg.norm(q))                      # world-to-camera
+        pose = np.eye(4)
+        pose[:3, :3], pose[:3, 3] = R.T, -R.T @ t
+        views[name] = (images / name, pose, camera)
+    if not views:
+        raise DataError(f"{path}: no images")
+    names = sorted(views)
+    if any(views[n][2] != views[names[0]][2] for n in names):
+        raise DataError(f"{model / 'cameras.txt'}: the images use cameras with different intrinsics; DeepVoxels uses one "
+                        f"(colmap feature_extractor --ImageReader.single_camera 1)")
+    return square_scene([views[n][0] for n in names], [views[n][1] for n in names], views[names[0]][2],
+                        model / "cameras.txt", img_size)
+
+
+def load_scene(root: str | Path, img_size: int) -> tuple[Scene, Scene | None, str]:
+    """Detect a scene folder's layout, load it at img_size and say in one line what was found.
+
+    Layouts, first match wins: transforms_train.json (NeRF-synthetic; held-out views from
+    transforms_test.json, else transforms_val.json), transforms.json (instant-ngp / nerfstudio),
+    bbox.txt or rgb/ + pose/ (NSVF), sparse/0/cameras.txt or sparse/cameras.txt (COLMAP text model,
+    photos in images/), train/ (DeepVoxels). Where one file holds every view, every 8th is held out.
+    Returns the training views, the held-out views (None: there are none) and the layout's name.
+    """
+    root = Path(root)
+    colmap = next((d for d in (root / "sparse" / "0", root / "sparse") if (d / "cameras.txt").is_file()), None)
+    if (root / "transforms_train.json").is_file():
+        layout = "NeRF-synthetic"
+        train = load_transforms(root / "transforms_train.json", img_size)
+        held_out = [root / f"transforms_{split}.json" for split in ("test", "val") if (root / f"transforms_{split}.json").is_file()]
+        test = load_transforms(held_out[0], img_size) if held_out else None
+    elif (root / "transforms.json").is_file():
+        layout = "instant-ngp/nerfstudio transforms.json"
+        train, test = hold_out(load_transforms(root / "transforms.json", img_size), root / "transforms.json")
+    elif (root / "bbox.txt").is_file() or (root / "rgb").is_dir():
+        layout = "NSVF"
+        train, test = load_nsvf(root, img_size)
+    elif colmap is not None:
+        layout = "COLMAP text model"
+        train, test = hold_out(load_colmap(colmap, root / "images", img_size), colmap / "images.txt")
+    elif (root / "train").is_dir():
+        layout = "DeepVoxels"
+        train = load_split(root, "train", img_size)
+        test = load_split(root, "test", img_size) if (root / "test").is_dir() else None
+    else:
+        raise DataError(f"{root / 'train'}: no such folder, and no other layout found (DeepVoxels: train/ and test/; NSVF: "
+                        f"bbox.txt, rgb/, pose/; NeRF: transforms_train.json or transforms.json; COLMAP: sparse/0/cameras.txt)")
+    h0, w0 = train.source_size
+    shape = f"{w0}x{h0} images" + (f" centre-cropped to {min(h0, w0)}x{min(h0, w0)} (principal point shifted)" if h0 != w0 else "")
+    print(f"{root}: {layout} layout; {len(train.names)} training and "
+          f"{f'{len(test.names)} held-out views' if test is not None else 'no held-out views'}; {shape}, resized to {img_size} px")
+    return train, test, layout
 
 
 def estimate_grid_placement(poses: torch.Tensor, intr: Intrinsics) -> tuple[tuple[float, float, float], float]:
@@ -641,20 +885,117 @@ def estimate_grid_placement(poses: torch.Tensor, intr: Intrinsics) -> tuple[tupl
     narrowest camera frustum at that point, so the grid stays inside every view."""
     origins, axes = poses[:, :3, 3].double(), poses[:, :3, 2].double()
     projector = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # I - d d^T
-    center = torch.linalg.solve(projector.sum(0), (projector @ origins[:, :, None]).sum(0))[:, 0]
+    try:
+        center = torch.linalg.solve(projector.sum(0), (projector @ origins[:, :, None]).sum(0))[:, 0]
+    except torch.linalg.LinAlgError:  # one camera, or parallel axes: no point is nearest to all of them
+        raise DataError("the training cameras' optical axes are parallel, so the grid cannot be estimated from them: "
+                        "give --grid_center and --grid_scale") from None
     dist = ((center - origins) * axes).sum(-1)                                 # depth of the centre
-    half_width = min(intr.cx, intr.size[1] - intr.cx, intr.cy, intr.size[0] - intr.cy) / intr.focal
+    fy = intr.focal_y or intr.focal
+    half_width = min(intr.cx / intr.focal, (intr.size[1] - intr.cx) / intr.focal, intr.cy / fy, (intr.size[0] - intr.cy) / fy)
     return tuple(center.tolist()), float((2 * dist * half_width).min())
 
 
 def scene_config(train: Scene, sizes: Config, grid_center=None, grid_scale=None) -> Config:
-    """Fill the scene part of a Config: intrinsics at img_size; grid from flags, file, or cameras."""
-    est_center, est_scale = estimate_grid_placement(train.poses, train.intrinsics)
+    """Fill the scene part of a Config: intrinsics at img_size; the grid from the flags, else the files
+    (bbox.txt, then intrinsics.txt: the readers put them in train.intrinsics), else the cameras."""
     i = train.intrinsics
-    center = grid_center or i.grid_center or est_center
-    scale = grid_scale or i.grid_scale or est_scale
+    center, scale = grid_center or i.grid_center, grid_scale or i.grid_scale
+    if center is None or scale is None:
+        est_center, est_scale = estimate_grid_placement(train.poses, i)
+        center, scale = center or est_center, scale or est_scale
     return Config(**{**asdict(sizes), "grid_center": tuple(center), "grid_scale": float(scale),
-                     "near": i.near, "focal": i.focal, "cx": i.cx, "cy": i.cy})
+                     "near": i.near, "focal": i.focal, "focal_y": i.focal_y, "cx": i.cx, "cy": i.cy})
+
+
+def grid_box_mask(scene: Scene, center, side: float) -> torch.Tensor:
+    """(V, H, W): True where a pixel's ray meets the axis-aligned cube (center, side), i.e. inside the
+    cube's projection into each view (slab test: the ray is inside all three slabs at once)."""
+    V, _, H, W = scene.images.shape
+    K = intrinsics_matrix(scene.intrinsics.focal, scene.intrinsics.cx, scene.intrinsics.cy, focal_y=scene.intrinsics.focal_y)
+    origins, dirs = pixel_to_ray(pixel_centers(H, W).reshape(-1, 2), K, scene.poses)    # (V, 1, 3), (V, P, 3)
+    dirs = torch.where(dirs == 0, torch.full_like(dirs, 1e-12), dirs)          # a ray parallel to a slab: no 0 / 0
+    lo, hi = torch.tensor(center) - side / 2, torch.tensor(center) + side / 2
+    t0, t1 = (lo - origins) / dirs, (hi - origins) / dirs                     # (V, P, 3) where the ray crosses each slab
+    t_near, t_far = torch.minimum(t0, t1).amax(-1), torch.maximum(t0, t1).amin(-1)
+    return (t_far > t_near.clamp(min=0)).reshape(V, H, W)
+
+
+def grid_warning(scene: Scene, cfg: Config) -> str | None:
+    """Check the grid against the training images before training: one warning line, or None if it fits.
+
+    The object's pixels are those that differ from the background, the colour of the image border (views
+    whose border is not one colour, like most photographs, are not checked). A view "leaves the grid"
+    when more than 0.5% of them lie outside the grid box's projection (grown by a pixel for antialiasing).
+    Trying boxes from 1/8 to 4 times the side finds the smallest that encloses the object in every view;
+    more than 1x warns (the object is cut off), less than 1/2 too (most voxels are empty).
+    """
+    images = scene.images                                                        # (V, 3, H, W)
+    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 0], images[..., -1]], dim=-1)  # (V, 3, 4W)
+    background = border.median(dim=-1).values                                  # (V, 3)
+    uniform = ((border - background[..., None]).abs().amax(1) < 0.1).float().mean(-1) > 0.9   # (V,)
+    object_pixels = ((images - background[..., None, None]).abs().amax(1) > 0.1) & uniform[:, None, None]  # (V, H, W)
+    if not object_pixels.any():
+        return None if uniform.any() else "note: grid not checked against the images: no training view has a plain background"
+
+    def views_outside(factor: float) -> int:
+        box = grid_box_mask(scene, cfg.grid_center, cfg.grid_scale * factor).float()
+        box = F.max_pool2d(box[:, None], 3, stride=1, padding=1)[:, 0] > 0         # one pixel of slack
+        outside = (object_pixels & ~box).flatten(1).sum(1) > 0.005 * object_pixels.flatten(1).sum(1)
+        return int(outside.sum())
+
+    if views_outside(1.0) == 0 and views_outside(0.5) > 0:                       # fits, and not loosely: quiet
+        return None
+    factors = [2 ** (k / 8) for k in range(-24, 17)]                              # 0.125 ... 4
+    enclosing = next((f for f in factors if views_outside(f) == 0), None)
+    where = f"the grid (side {cfg.grid_scale:.3g}, centre {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)})"
+    checked = int(uniform.sum())
+    if enclosing is None:
+        return (f"warning: the object leaves {where} in {views_outside(1.0)} of {checked} training views, even at 4x the "
+                f"side: check --grid_center and the camera convention (cameras.png)")
+    if enclosing > 1:
+        return (f"warning: the object leaves {where} in {views_outside(1.0)} of {checked} training views; "
+                f"--grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} would enclose it with a 10% margin (see cameras.png)")
+    if enclosing <= 0.5:
+        return (f"warning: {where} is {1 / enclosing:.1f}x larger than the object needs in the training views, so the "
+                f"object gets few voxels; --grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} would enclose it with a 10% margin")
+    return None
+
+
+def plot_setup(path: str | Path, train: Scene, test: Scene | None, cfg: Config, view: int = 0) -> None:
+    """Write the set-up as a PNG: the cameras (positions and viewing directions, training and held-out
+    views in two colours) around the grid box in 3D, and one training view with the grid box drawn over it."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend, safe in a notebook
+
+    center, side = torch.tensor(cfg.grid_center), cfg.grid_scale
+    corners = torch.tensor(list(np.ndindex(2, 2, 2)), dtype=torch.float32) * side - side / 2 + center   # (8, 3)
+    edges = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]           # the 12 edges
+    fig = Figure(figsize=(11, 5))
+    ax = fig.add_subplot(1, 2, 1, projection="3d")
+    for a, b in edges:
+        ax.plot(*corners[[a, b]].T.numpy(), color="black", lw=1)
+    reach = (train.poses[:, :3, 3] - center).norm(dim=-1).max().item()
+    for scene, color, label in ((train, "tab:blue", "training views"), (test, "tab:orange", "held-out views")):
+        if scene is not None:
+            eyes, axes = scene.poses[:, :3, 3].numpy(), scene.poses[:, :3, 2].numpy() * 0.2 * reach
+            ax.scatter(*eyes.T, color=color, s=8, label=f"{label} ({len(scene.names)})")
+            ax.quiver(*eyes.T, *axes.T, color=color, lw=0.8)
+    gx, gy, gz = cfg.grid_center
+    ax.set(xlim=(gx - reach, gx + reach), ylim=(gy - reach, gy + reach), zlim=(gz - reach, gz + reach),
+           xlabel="x", ylabel="y", zlabel="z", box_aspect=(1, 1, 1),
+           title=f"cameras and the grid (side {side:.3g})")
+    ax.legend(loc="upper left", fontsize=8)
+    image = fig.add_subplot(1, 2, 2)
+    H, W = train.images.shape[-2:]
+    image.imshow(train.images[view].permute(1, 2, 0).numpy(), extent=(0, W, H, 0))   # pixel centres at j + 0.5
+    K = intrinsics_matrix(train.intrinsics.focal, train.intrinsics.cx, train.intrinsics.cy, focal_y=train.intrinsics.focal_y)
+    uv, z = camera_to_pixel(world_to_camera(corners[None], train.poses[view:view + 1]), K)           # (1, 8, 2), (1, 8)
+    for a, b in edges:
+        if z[0, a] > 0 and z[0, b] > 0:
+            image.plot(*uv[0, [a, b]].T.numpy(), color="red", lw=1)
+    image.set(xlim=(0, W), ylim=(H, 0), title=f"training view {train.names[view]} and the grid box (red)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def view_neighbours(poses: torch.Tensor, k: int = 4) -> torch.Tensor:

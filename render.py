@@ -142,9 +142,8 @@ def main(argv=None) -> dict:
     data = Path(args.data or state["train_config"]["data"])
     if not data.is_dir():
         raise dv.DataError(f"{data}: no such data folder (pass --data)")
-    train = dv.load_split(data, "train", cfg.img_size)
-    split = "test" if (data / "test").is_dir() else "train"
-    test = dv.load_split(data, split, cfg.img_size)
+    train, test, _ = dv.load_scene(data, cfg.img_size)
+    split, test = ("train", train) if test is None else ("test", test)
     path = read_poses(Path(args.poses)) if args.poses else None
     out = Path(args.out or ckpt.parent / "render")
     check_writable(out)

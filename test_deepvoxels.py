@@ -717,3 +717,234 @@ def test_tutorial_notebook_runs_in_a_real_kernel_and_its_checks_can_fail(monkeyp
     assert set(os.listdir(HERE)) - before <= {"__pycache__"}                # nothing written into the repository
     kernel_prefix = nb.cells[-2].outputs[-1]["text"].split()[-1]
     assert Path(kernel_prefix).resolve() == Path(sys.prefix).resolve()      # the kernel ran in this environment
+
+
+# ---- Issue 9: dataset layouts, the grid check, cameras.png, the depth range ----
+
+def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """(w, x, y, z) of a rotation matrix: the top eigenvector of Bar-Itzhack's symmetric 4x4 matrix."""
+    (xx, xy, xz), (yx, yy, yz), (zx, zy, zz) = R
+    K = np.array([[xx - yy - zz, yx + xy, zx + xz, zy - yz],
+                  [yx + xy, yy - xx - zz, zy + yz, xz - zx],
+                  [zx + xz, zy + yz, zz - xx - yy, yx - xy],
+                  [zy - yz, xz - zx, yx - xy, xx + yy + zz]]) / 3
+    x, y, z, w = np.linalg.eigh(K)[1][:, -1]
+    return np.array([w, x, y, z])
+
+
+def cube_views(cube: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Every view of the cube scene as (split, OpenCV camera-to-world pose, RGB uint8 image), train first."""
+    return [(split, dv.read_pose(p), iio.imread(cube / split / "rgb" / (p.stem + ".png")))
+            for split in ("train", "test") for p in sorted((cube / split / "pose").glob("*.txt"))]
+
+
+def write_rgba(path: Path, rgb: np.ndarray) -> None:
+    """PNG with alpha 0 (and black colour) on the white background: composited on white it reads back as rgb."""
+    background = (rgb == 255).all(-1, keepdims=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.concatenate([np.where(background, 0, rgb), np.where(background, 0, 255)], -1).astype(np.uint8))
+
+
+def export_nerf_synthetic(cube: Path, root: Path) -> Path:
+    """The cube as a NeRF-synthetic scene: transforms_train/test.json, OpenGL poses, file paths without .png."""
+    views = cube_views(cube)
+    angle = 2 * np.arctan(0.5 * 32 / 40.0)                                 # the cube at 32 px: f = 1.25 * 32
+    for split in ("train", "test"):
+        frames = []
+        for k, (_, pose, rgb) in enumerate(v for v in views if v[0] == split):
+            write_rgba(root / split / f"r_{k}.png", rgb)
+            frames.append({"file_path": f"./{split}/r_{k}", "transform_matrix": (pose @ np.diag([1, -1, -1, 1])).tolist()})
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
+    return root
+
+
+def export_transforms_json(cube: Path, root: Path) -> Path:
+    """Every view of the cube in one instant-ngp/nerfstudio transforms.json with fl_x, fl_y, cx, cy, w, h."""
+    frames = []
+    for k, (_, pose, rgb) in enumerate(cube_views(cube)):
+        iio.imwrite((root / "images").mkdir(parents=True, exist_ok=True) or root / "images" / f"{k:03d}.png", rgb)
+        frames.append({"file_path": f"images/{k:03d}.png", "transform_matrix": (pose @ np.diag([1, -1, -1, 1])).tolist()})
+    meta = {"fl_x": 40.0, "fl_y": 40.0, "cx": 16.0, "cy": 16.0, "w": 32, "h": 32, "k1": 0.0, "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return root
+
+
+def export_colmap(cube: Path, root: Path) -> Path:
+    """Every view of the cube as a COLMAP text model: world-to-camera quaternions, photos in images/."""
+    (root / "sparse" / "0").mkdir(parents=True)
+    (root / "sparse" / "0" / "cameras.txt").write_text("# Camera list\n1 PINHOLE 32 32 40 40 16 16\n")
+    lines = ["# Image list with two lines of data per image:"]
+    for k, (_, pose, rgb) in enumerate(cube_views(cube)):
+        iio.imwrite((root / "images").mkdir(exist_ok=True) or root / "images" / f"{k:03d}.png", rgb)
+        R, t = pose[:3, :3].T, -pose[:3, :3].T @ pose[:3, 3]                  # world-to-camera
+        q = rotation_to_quaternion(R)
+        lines += [f"{k + 1} {' '.join(f'{v:.17g}' for v in [*q, *t])} 1 {k:03d}.png", "10.5 3.25 -1" if k == 2 else ""]
+    (root / "sparse" / "0" / "images.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def export_nsvf(cube: Path, root: Path) -> Path:
+    """The cube as NSVF: one rgb/ and pose/ with split prefixes (0_ train, 1_ validation, 2_ test), K as a 4x4
+    matrix in intrinsics.txt and the grid in bbox.txt."""
+    (root / "rgb").mkdir(parents=True)
+    (root / "pose").mkdir()
+    views = cube_views(cube)
+    for k, (split, pose, rgb) in enumerate(views + views[:1]):
+        prefix = "1_" if k == len(views) else "0_" if split == "train" else "2_"   # one validation view, to be ignored
+        iio.imwrite(root / "rgb" / f"{prefix}{k:04d}.png", rgb)
+        np.savetxt(root / "pose" / f"{prefix}{k:04d}.txt", pose)
+    (root / "intrinsics.txt").write_text("40 0 16 0\n0 40 16 0\n0 0 1 0\n0 0 0 1\n")
+    (root / "bbox.txt").write_text("-0.625 -0.625 -0.625 0.625 0.625 0.625 0.05\n")
+    return root
+
+
+def test_quaternion_to_rotation_matches_a_hand_computed_rotation():
+    quarter_turn_about_z = np.array([np.cos(np.pi / 4), 0, 0, np.sin(np.pi / 4)])
+    assert np.allclose(dv.quaternion_to_rotation(quarter_turn_about_z) @ [1, 0, 0], [0, 1, 0])   # x -> y
+    R = dv.look_at(np.array([1.0, -2.0, 0.5]), np.zeros(3))[:3, :3]
+    assert np.allclose(dv.quaternion_to_rotation(rotation_to_quaternion(R)), R, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout, export, every_8th", [
+    ("NeRF-synthetic", export_nerf_synthetic, False), ("instant-ngp/nerfstudio transforms.json", export_transforms_json, True),
+    ("COLMAP text model", export_colmap, True), ("NSVF", export_nsvf, False)])
+def test_every_layout_reads_back_the_cube(cube, tmp_path, capsys, layout, export, every_8th):
+    train, test, found = dv.load_scene(export(cube, tmp_path / "scene"), 16)
+    assert found == layout and f"{layout} layout" in capsys.readouterr().out
+    ref_train, ref_test, _ = dv.load_scene(cube, 16)
+    if every_8th:                                                         # one file of 16 views: 0 and 8 held out
+        images, poses = torch.cat([ref_train.images, ref_test.images]), torch.cat([ref_train.poses, ref_test.poses])
+        held = torch.arange(16) % 8 == 0
+        ref_train, ref_test = (dv.Scene(images[k], poses[k], ref_train.intrinsics, []) for k in (~held, held))
+    for scene, ref in ((train, ref_train), (test, ref_test)):
+        assert torch.allclose(scene.poses, ref.poses, atol=1e-5)
+        assert torch.allclose(scene.images, ref.images, atol=1e-6)
+        K, K_ref = (dv.intrinsics_matrix(s.intrinsics.focal, s.intrinsics.cx, s.intrinsics.cy, focal_y=s.intrinsics.focal_y) for s in (scene, ref))
+        assert torch.allclose(K, K_ref, atol=1e-5) and K[0, 0] == pytest.approx(20.0, abs=1e-5)
+    cfg = dv.scene_config(train, TINY)
+    if layout == "NSVF":                                                  # bbox.txt: the cube's own grid
+        expected = (0.0, 0.0, 0.0), 1.25
+    else:                                                                 # no grid in the files: the estimate
+        expected = dv.estimate_grid_placement(ref_train.poses, ref_train.intrinsics)
+    assert np.allclose(cfg.grid_center, expected[0], atol=1e-5) and cfg.grid_scale == pytest.approx(expected[1], abs=1e-5)
+
+
+def test_nerf_synthetic_holds_out_the_val_views_when_there_is_no_test_file(cube, tmp_path):
+    root = export_nerf_synthetic(cube, tmp_path / "scene")
+    (root / "transforms_test.json").rename(root / "transforms_val.json")
+    _, val, _ = dv.load_scene(root, 16)
+    assert torch.allclose(val.poses, dv.load_split(cube, "test", 16).poses, atol=1e-5)
+    (root / "transforms_val.json").unlink()
+    assert dv.load_scene(root, 16)[1] is None
+
+
+@pytest.mark.parametrize("fmt, width, height", [("transforms.json", 40, 24), ("COLMAP", 24, 40)])
+def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pixel(tmp_path, capsys, fmt, width, height):
+    fx, fy, cx, cy, z = 30.0, 36.0, width / 2 + 1.0, height / 2 - 0.5, 3.0
+    u0, v0 = (28.0, 10.0) if width > height else (10.0, 28.0)           # the point's pixel position, a pixel corner
+    point = torch.tensor([(u0 - cx) * z / fx, (v0 - cy) * z / fy, z])     # camera at the origin, OpenCV axes
+    image = np.full((height, width, 3), 255, np.uint8)
+    image[int(v0) - 1:int(v0) + 1, int(u0) - 1:int(u0) + 1] = 0           # a dark 2x2 block centred on it
+    root = tmp_path / "scene"
+    (root / "images").mkdir(parents=True)
+    for k in range(2):                                                    # two views: one trains, one is held out
+        iio.imwrite(root / "images" / f"{k}.png", image)
+    if fmt == "COLMAP":
+        (root / "sparse" / "0").mkdir(parents=True)
+        (root / "sparse" / "0" / "cameras.txt").write_text(f"1 PINHOLE {width} {height} {fx} {fy} {cx} {cy}\n")
+        (root / "sparse" / "0" / "images.txt").write_text("".join(f"{k + 1} 1 0 0 0 0 0 0 1 {k}.png\n\n" for k in range(2)))
+    else:
+        frames = [{"file_path": f"images/{k}.png", "transform_matrix": np.diag([1.0, -1, -1, 1]).tolist()} for k in range(2)]
+        (root / "transforms.json").write_text(json.dumps({"fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": width, "h": height, "frames": frames}))
+    train, _, _ = dv.load_scene(root, 12)                                 # crop 24x24, then resize by 1/2
+    assert "centre-cropped to 24x24" in capsys.readouterr().out
+    i = train.intrinsics
+    K = dv.intrinsics_matrix(i.focal, i.cx, i.cy, focal_y=i.focal_y)
+    assert (K[0, 0].item(), K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))   # fx and fy stay apart
+    with pytest.raises(dv.DataError, match="optical axes are parallel"):  # one training view: no grid estimate
+        dv.scene_config(train, TINY)
+    model = dv.DeepVoxels(dv.scene_config(train, TINY, (0.0, 0.0, 3.0), 1.0))   # fx and fy reach the model's cameras
+    assert (model.K[0, 0].item(), model.K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))
+    uv, _ = dv.camera_to_pixel(dv.world_to_camera(point.view(1, 1, 3), train.poses[:1]), K)
+    darkness = 1 - train.images[0].mean(0)                                # (12, 12)
+    centres = dv.pixel_centers(12, 12)                                    # (12, 12, 2) as (u, v)
+    centroid = (darkness[..., None] * centres).sum((0, 1)) / darkness.sum()
+    expected = torch.tensor([(u0 - 8) / 2, v0 / 2] if width > height else [u0 / 2, (v0 - 8) / 2])
+    assert torch.allclose(uv[0, 0], expected, atol=1e-4) and torch.allclose(centroid, expected, atol=0.05)
+
+
+def test_grid_warning_is_quiet_on_the_cube_and_fires_on_a_grid_too_small_or_too_large(cube, capsys):
+    train, _, _ = dv.load_scene(cube, 32)
+    cfg = dv.scene_config(train, TINY)
+    assert dv.grid_warning(train, cfg) is None
+    small = dv.grid_warning(train, replace(cfg, grid_scale=0.6))
+    assert small.startswith("warning: the object leaves the grid") and "in 12 of 12 training views" in small
+    suggested = float(small.split("--grid_scale ")[1].split()[0])
+    assert 1.0 < suggested < 1.5 and dv.grid_warning(train, replace(cfg, grid_scale=suggested)) is None
+    off_centre = dv.grid_warning(train, replace(cfg, grid_center=(0.6, 0.0, 0.0)))   # half the cube outside
+    assert "the object leaves the grid" in off_centre
+    large = dv.grid_warning(train, replace(cfg, grid_scale=4.0))
+    assert "larger than the object needs" in large and 1.0 < float(large.split("--grid_scale ")[1].split()[0]) < 1.5
+    photographs = replace(train, images=torch.rand_like(train.images))   # no plain background: nothing to check against
+    assert dv.grid_warning(photographs, replace(cfg, grid_scale=0.6)).startswith("note: grid not checked")
+
+
+def test_check_flag_loads_checks_plots_and_exits(cube, tmp_path, capsys):
+    root = export_nerf_synthetic(cube, tmp_path / "scene")
+    train.main(["--data", str(root), "--out", str(tmp_path / "run"), "--grid_scale", "0.6", "--check", *TINY_FLAGS])
+    out = capsys.readouterr().out
+    assert "NeRF-synthetic layout; 12 training and 4 held-out views" in out and "warning: the object leaves the grid" in out
+    assert iio.imread(tmp_path / "run" / "cameras.png").shape[:2] == (500, 1100) and not (tmp_path / "run" / "ckpt.pt").exists()
+
+
+def test_depth_range_covers_the_grid_for_a_camera_that_looks_past_its_centre():
+    cfg = replace(TINY, grid_scale=1.25)
+    eye, angle = np.array([0.0, -2.5, 0.0]), np.radians(20)
+    pose = camera(eye, eye + [np.sin(angle), np.cos(angle), 0.0])         # the axis misses the centre by 20 degrees
+    near, far = dv.view_depth_range(pose, cfg)
+    corners = torch.tensor(list(np.ndindex(2, 2, 2)), dtype=torch.float32) * 1.25 - 0.625
+    _, z = dv.camera_to_pixel(dv.world_to_camera(corners[None], pose), dv.intrinsics_matrix(16, 8, 8))
+    assert near.item() == pytest.approx(2.5 * np.cos(angle) - 1.25 * 3 ** 0.5 / 2, abs=1e-5)   # 1.27, not 1.42
+    assert near.item() <= z[z > 0].min().item() and far.item() >= z.max().item()
+
+
+def write_layout(root: Path, layout: str) -> Path:
+    """A small valid scene in `layout` to break in the test below."""
+    dv.make_cube_scene(root / "cube", n_train=2, n_test=1, size=16)
+    export = {"nerf": export_nerf_synthetic, "colmap": export_colmap, "nsvf": export_nsvf}[layout]
+    return export(root / "cube", root / layout)
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace text in a file (once, and it must be there)."""
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("layout, breakage, message", [
+    ("nerf", lambda r: edit(r / "transforms_train.json", '"camera_angle_x"', '"angle"'), "transforms_train.json: frame 0: missing key 'camera_angle_x'"),
+    ("nerf", lambda r: edit(r / "transforms_train.json", '"transform_matrix"', '"matrix"'), "transforms_train.json: frame 0: missing key 'transform_matrix'"),
+    ("nerf", lambda r: (r / "train" / "r_1.png").unlink(), "transforms_train.json: frame 1: image ./train/r_1 not found"),
+    ("nerf", lambda r: edit(r / "transforms_test.json", "{", "{{"), "transforms_test.json: not valid JSON"),
+    ("colmap", lambda r: edit(r / "sparse" / "0" / "cameras.txt", "PINHOLE 32 32 40 40 16 16", "OPENCV 32 32 40 40 16 16 0.1 0 0 0"),
+     "cameras.txt: line 2: camera model OPENCV is not a pinhole model"),
+    ("colmap", lambda r: edit(r / "sparse" / "0" / "images.txt", "\n2 ", "\n2 2"), "images.txt: line 4: quaternion"),
+    ("colmap", lambda r: (r / "images" / "001.png").unlink(), "images.txt: line 4: image"),
+    ("colmap", lambda r: edit(r / "sparse" / "0" / "images.txt", " 1 001.png", " 7 001.png"), "images.txt: line 4: camera 7 is not in cameras.txt"),
+    ("nsvf", lambda r: (r / "bbox.txt").write_text("1 1 1 0 0 0\n"), "bbox.txt: expected 'x_min y_min z_min x_max y_max z_max"),
+    ("nsvf", lambda r: (r / "intrinsics.txt").write_text("40 0 16\n0 0 16\n0 0 1\n"), "intrinsics.txt: malformed intrinsics"),
+])
+def test_bad_input_in_each_layout_is_one_line_naming_the_file(tmp_path, layout, breakage, message):
+    root = write_layout(tmp_path, layout)
+    breakage(root)
+    with pytest.raises(dv.DataError, match=message.replace(".", r"\.")):
+        dv.load_scene(root, 16)
+
+
+def test_train_cli_reports_a_bad_colmap_model_in_one_line(tmp_path):
+    root = write_layout(tmp_path, "colmap")
+    edit(root / "sparse" / "0" / "cameras.txt", "PINHOLE 32 32 40 40 16 16", "SIMPLE_RADIAL 32 32 40 16 16 0.01")
+    result = run_train("--data", str(root), "--check", "--out", str(tmp_path / "run"))
+    assert result.returncode == 1 and "cameras.txt: line 2: camera model SIMPLE_RADIAL is not a pinhole model" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -31,7 +31,8 @@ import deepvoxels as dv
 class TrainConfig:
     """Everything about the run that is not the model."""
 
-    data: str = field(default="./cube", metadata={"help": "scene folder in the DeepVoxels layout; a missing folder named 'cube' is generated"})
+    data: str = field(default="./cube", metadata={"help": "scene folder: DeepVoxels, NSVF, NeRF-synthetic (transforms_*.json), instant-ngp/nerfstudio "
+                                                  "(transforms.json) or a COLMAP text model, detected from its files; a missing folder named 'cube' is generated"})
     out: str = field(default="", metadata={"help": "run folder for checkpoint, logs and previews (default: runs/<scene name>)"})
     iters: int = field(default=100_000, metadata={"help": "stop after this many steps in all, counted over the whole run when resumed"})
     minutes: float = field(default=10.0, metadata={"help": "stop after this much training time, counted over the whole run when resumed (0: no limit)"})
@@ -49,9 +50,11 @@ class TrainConfig:
                                                      "choices": ("auto", "bf16", "fp32")})
     eval_every: float = field(default=30.0, metadata={"help": "seconds of training between held-out evaluations"})
     log_every: float = field(default=5.0, metadata={"help": "seconds between log lines"})
-    grid_center: str = field(default="", metadata={"help": "'x y z' world centre of the grid (default: intrinsics.txt, else estimated)"})
-    grid_scale: float = field(default=0.0, metadata={"help": "world side length of the grid (default 0: intrinsics.txt, else estimated)"})
+    grid_center: str = field(default="", metadata={"help": "'x y z' world centre of the grid (default: bbox.txt, else intrinsics.txt, else estimated from the cameras)"})
+    grid_scale: float = field(default=0.0, metadata={"help": "world side length of the grid (default 0: bbox.txt, else intrinsics.txt, else estimated from the cameras)"})
     resume: bool = field(default=False, metadata={"help": "continue from <out>/ckpt.pt: same flags, --iters and --minutes count the whole run"})
+    check: bool = field(default=False, metadata={"help": "only load the data, check the grid against the images, write <out>/cameras.png and exit "
+                                                 "(seconds: do it before a long run)"})
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
@@ -121,8 +124,8 @@ def main(argv=None) -> None:
         dv.make_scene(data, data.name)
     if not data.is_dir():
         raise dv.DataError(f"{data}: no such data folder")
-    train = dv.load_split(data, "train", sizes.img_size)
-    test = dv.load_split(data, "test", sizes.img_size) if (data / "test").is_dir() else train
+    train, held_out, _ = dv.load_scene(data, sizes.img_size)
+    test = train if held_out is None else held_out
     center = None
     if run.grid_center:
         try:
@@ -135,6 +138,14 @@ def main(argv=None) -> None:
     out = Path(run.out or Path("runs") / data.resolve().name)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
+    warning = dv.grid_warning(train, cfg)
+    if warning:
+        print(warning)
+    dv.plot_setup(out / "cameras.png", train, held_out, cfg)
+    if run.check:
+        print(f"grid centred at {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)}, side {cfg.grid_scale:.3g}; "
+              f"wrote {out / 'cameras.png'}; --check: not training")
+        return
 
     torch.manual_seed(run.seed)
     sampler = torch.Generator().manual_seed(run.seed)
