@@ -910,7 +910,7 @@ def test_depth_range_covers_the_grid_for_a_camera_that_looks_past_its_centre():
 
 def write_layout(root: Path, layout: str) -> Path:
     """A small valid scene in `layout` to break in the test below."""
-    dv.make_cube_scene(root / "cube", n_train=2, n_test=1, size=16)
+    dv.make_scene(root / "cube", n_train=2, n_test=1, size=16)
     export = {"nerf": export_nerf_synthetic, "colmap": export_colmap, "nsvf": export_nsvf}[layout]
     return export(root / "cube", root / layout)
 
