@@ -7,6 +7,12 @@
    whose viewing direction is closest): a table on screen and metrics.json.
 3. sheet.png: ground truth | prediction | depth | absolute error for a few test views.
 
+`--view` opens an interactive window instead (matplotlib only): drag to orbit the camera (RGB and
+learned depth side by side), click a pixel to plot the visibility weights along its ray against
+depth, press t to switch between the softmax and the naive model of an ablation run
+(`--run runs/ablation-<scene>`). `--architecture` redraws assets/architecture.png from a forward
+pass of the default model.
+
 The model and its configuration come from the checkpoint. Metrics are computed at the size the
 model renders (its img_size); --size only resizes the images written.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -47,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)")
+    p.add_argument("--view", action="store_true", help="open the interactive viewer on the run (an ablation folder: both models) instead of writing files")
     args = p.parse_args(argv)
     if args.frames < 1 or args.size < 0:
         p.error("--frames must be at least 1 and --size at least 0")
@@ -129,9 +137,147 @@ def write_video(stem: Path, frames: np.ndarray) -> list[Path]:
     return [stem.with_suffix(".gif"), stem.with_suffix(".mp4")]
 
 
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# The interactive viewer (--view): matplotlib only
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+DEGREES_PER_PIXEL = 0.4  # orbit speed of a drag: across a 450-px panel, 180 degrees
+CLICK_PIXELS = 3         # a press and release closer than this (screen pixels) is a click, not a drag
+
+
+def camera_pose(center, radius: float, azimuth: float, elevation: float) -> torch.Tensor:
+    """(1, 4, 4) pose at `radius` from `center`, at azimuth and elevation in degrees (world z up), looking at it."""
+    az, el = np.radians(azimuth), np.radians(elevation)
+    eye = np.asarray(center) + radius * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    return torch.from_numpy(dv.look_at(eye, np.asarray(center, dtype=float))).float()[None]
+
+
+def find_models(args: argparse.Namespace) -> tuple[dict[str, dv.DeepVoxels], dict]:
+    """{occlusion kind: model in eval mode} of a run, or of both runs of an ablation folder; and one checkpoint's state."""
+    folder = Path(args.run) if args.run else None
+    paths = [folder / kind / "ckpt.pt" for kind in ("softmax", "naive")] if folder else []
+    if not (paths and all(p.is_file() for p in paths)):
+        paths = [find_checkpoint(args)]
+    loaded = [dv.load_checkpoint(p, args.device) for p in paths]
+    return {model.cfg.occlusion: model.eval() for model, _ in loaded}, loaded[0][1]
+
+
+def viewing_distance(cfg: dv.Config, state: dict) -> float:
+    """The training cameras' mean distance from the grid centre; without the data, the distance at
+    which the grid's bounding sphere fills the narrower half of the field of view."""
+    data = Path(state.get("train_config", {}).get("data", ""), "train", "pose")
+    if data.is_dir():
+        return (read_poses(data)[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
+    half_width = min(cfg.cx, cfg.img_size - cfg.cx, cfg.cy, cfg.img_size - cfg.cy)
+    return cfg.grid_scale * math.sqrt(3) / 2 / math.sin(math.atan(half_width / cfg.focal))
+
+
+class Viewer:
+    """A matplotlib figure on trained models: RGB | depth from an orbiting camera | weights along a clicked ray.
+
+    Drag (left button) on either image to orbit; click a pixel to plot its visibility weights against
+    depth; press t to switch between the models (softmax and naive of an ablation run).
+    """
+
+    def __init__(self, models: dict[str, dv.DeepVoxels], radius: float, figure, azimuth: float = 0.0, elevation: float = 20.0):
+        self.models, self.kind = models, next(iter(models))
+        self.radius, self.azimuth, self.elevation = radius, azimuth, elevation
+        self.pixel = None   # (row, column) of the clicked pixel in the feature map
+        self.press = None   # (screen x, screen y, azimuth, elevation, image u, image v) when the button went down
+        self.figure = figure
+        self.ax_rgb, self.ax_depth, self.ax_ray = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.4]})
+        for name, handler in (("button_press_event", self.on_press), ("motion_notify_event", self.on_motion),
+                              ("button_release_event", self.on_release), ("key_press_event", self.on_key)):
+            figure.canvas.mpl_connect(name, handler)
+        self.update()
+
+    @property
+    def pose(self) -> torch.Tensor:
+        """(1, 4, 4) the current camera."""
+        return camera_pose(self.models[self.kind].cfg.grid_center, self.radius, self.azimuth, self.elevation)
+
+    def update(self) -> None:
+        """Render the current model from the current camera and redraw all three panels."""
+        model = self.models[self.kind]
+        with torch.no_grad():
+            self.out = model.render(self.pose)
+        size = model.cfg.img_size
+        other = [k for k in self.models if k != self.kind]
+        self.ax_rgb.clear()
+        self.ax_rgb.imshow(self.out["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), extent=(0, size, size, 0))
+        self.ax_rgb.set_title(f"{self.kind} occlusion, azimuth {self.azimuth:.0f}°, elevation {self.elevation:.0f}°"
+                              + (f"\n(t: show {other[0]})" if other else ""))
+        self.ax_depth.clear()
+        if self.out["depth"] is None:
+            self.ax_depth.imshow(np.full((size, size), 0.5), cmap="gray", vmin=0, vmax=1, extent=(0, size, size, 0))
+            self.ax_depth.set_title("no depth: naive occlusion")
+        else:
+            self.ax_depth.imshow(self.out["depth"][0, 0].numpy(), cmap="viridis_r", extent=(0, size, size, 0))
+            self.ax_depth.set_title("learned depth (bright: near)")
+        self.draw_ray()
+
+    def draw_ray(self) -> None:
+        """Plot the visibility weights along the clicked pixel's ray against the depth of each plane."""
+        self.ax_ray.clear()
+        self.ax_ray.set(xlabel="depth along the ray (world units)", ylabel="visibility weight")
+        if self.pixel is None or self.out["weights"] is None:
+            self.ax_ray.set_title("click a pixel" if self.out["weights"] is not None else "naive occlusion: no visibility weights")
+        else:
+            i, j = self.pixel
+            self.ax_ray.plot(self.out["depths"][0].numpy(), self.out["weights"][0, :, i, j].numpy(), ".-", color="tab:red")
+            self.ax_ray.axvline(self.out["depth"][0, 0, i, j].item(), color="gray", ls="--", lw=1)
+            self.ax_ray.set_title(f"feature pixel (row {i}, column {j}); dashed: its depth Σ w_d z_d")
+            size, h = self.models[self.kind].cfg.img_size, self.out["weights"].shape[-1]
+            for ax in (self.ax_rgb, self.ax_depth):
+                ax.plot((j + 0.5) * size / h, (i + 0.5) * size / h, "o", color="tab:red", ms=5)
+        self.figure.canvas.draw_idle()
+
+    def on_press(self, event) -> None:
+        if event.button == 1 and event.inaxes in (self.ax_rgb, self.ax_depth):
+            self.press = (event.x, event.y, self.azimuth, self.elevation, event.xdata, event.ydata)
+
+    def on_motion(self, event) -> None:
+        if self.press is not None and event.button == 1:
+            x, y, azimuth, elevation = self.press[:4]
+            self.azimuth = azimuth - (event.x - x) * DEGREES_PER_PIXEL                 # drag right: the object turns right
+            self.elevation = float(np.clip(elevation - (event.y - y) * DEGREES_PER_PIXEL, -85, 85))
+            self.update()
+
+    def on_release(self, event) -> None:
+        if self.press is None:
+            return
+        x, y, _, _, u, v = self.press
+        self.press = None
+        if abs(event.x - x) < CLICK_PIXELS and abs(event.y - y) < CLICK_PIXELS:    # a click: pick the pixel under it
+            size = self.models[self.kind].cfg.img_size
+            h = self.models[self.kind].cfg.feat_size
+            self.pixel = (min(int(v / size * h), h - 1), min(int(u / size * h), h - 1))
+            self.update()
+
+    def on_key(self, event) -> None:
+        if event.key == "t" and len(self.models) > 1:
+            kinds = list(self.models)
+            self.kind = kinds[(kinds.index(self.kind) + 1) % len(kinds)]
+            self.update()
+
+
+def view(args: argparse.Namespace) -> Viewer:
+    """Open the viewer on the run of --run / --ckpt (the newest run by default)."""
+    import matplotlib.pyplot as plt
+
+    models, state = find_models(args)
+    model = next(iter(models.values()))
+    viewer = Viewer(models, viewing_distance(model.cfg, state), plt.figure(figsize=(11, 3.8)))
+    print("drag: orbit | click: weights along that pixel's ray" + (" | t: softmax <-> naive" if len(models) > 1 else ""))
+    plt.show()
+    return viewer
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
+    if args.view:
+        return view(args)
     ckpt = find_checkpoint(args)
     model, state = dv.load_checkpoint(ckpt, args.device)               # weights_only, onto args.device
     model.eval()

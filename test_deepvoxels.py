@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -682,3 +682,72 @@ def test_tutorial_notebook_runs_in_a_real_kernel_and_its_checks_can_fail(monkeyp
     assert set(os.listdir(HERE)) - before <= {"__pycache__"}                # nothing written into the repository
     kernel_prefix = nb.cells[-2].outputs[-1]["text"].split()[-1]
     assert Path(kernel_prefix).resolve() == Path(sys.prefix).resolve()      # the kernel ran in this environment
+
+
+# ---- Issue 11: the viewer, the architecture figure, the notebook handout, the far hold-out ----
+
+def tiny_checkpoints(folder: Path) -> dict[str, dv.DeepVoxels]:
+    """An ablation-like folder: untrained tiny softmax and naive models (a fused random view each) in <kind>/ckpt.pt."""
+    models = {}
+    for kind in ("softmax", "naive"):
+        torch.manual_seed(0)
+        model = dv.DeepVoxels(replace(TINY, occlusion=kind, grid_scale=1.25, focal=20.0, cx=8.0, cy=8.0))
+        model.fuse(torch.rand(1, 3, 16, 16), camera([0.0, -2.5, 0.5]))
+        (folder / kind).mkdir(parents=True)
+        dv.save_checkpoint(folder / kind / "ckpt.pt", {"model": model.state_dict(), "config": asdict(model.cfg), "step": 0})
+        models[kind] = model.eval()
+    return models
+
+
+def send(figure, name: str, ax, u: float, v: float, button: int = 1):
+    """A synthetic mouse event at image coordinates (u, v) of axes `ax`, through the figure's callbacks."""
+    from matplotlib.backend_bases import MouseEvent
+
+    x, y = ax.transData.transform((u, v))
+    figure.canvas.callbacks.process(name, MouseEvent(name, figure.canvas, x, y, button=button))
+
+
+def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_path):
+    from matplotlib.backend_bases import KeyEvent
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = tiny_checkpoints(tmp_path / "ablation")
+    loaded, _ = render.find_models(render.parse_args(["--run", str(tmp_path / "ablation"), "--device", "cpu"]))
+    assert sorted(loaded) == ["naive", "softmax"]
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    viewer = render.Viewer(loaded, radius=2.5, figure=figure, azimuth=0.0, elevation=20.0)
+    figure.canvas.draw()
+
+    def expected(kind: str, azimuth: float, elevation: float) -> dict:
+        """The model's render from a camera placed by hand: 2.5 units from the origin, world z up."""
+        a, e = np.radians(azimuth), np.radians(elevation)
+        eye = 2.5 * np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
+        with torch.no_grad():
+            return models[kind].render(torch.from_numpy(dv.look_at(eye, np.zeros(3))).float()[None])
+
+    shown = lambda: viewer.ax_rgb.images[0].get_array()
+    assert np.allclose(shown(), expected("softmax", 0, 20)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+    # drag 50 screen pixels right and 25 up on the RGB panel: the camera turns -20 degrees, goes 10 down
+    x0, y0 = viewer.ax_rgb.transData.transform((8.0, 8.0))
+    u1, v1 = viewer.ax_rgb.transData.inverted().transform((x0 + 50, y0 + 25))
+    send(figure, "button_press_event", viewer.ax_rgb, 8.0, 8.0)
+    send(figure, "motion_notify_event", viewer.ax_rgb, u1, v1)
+    send(figure, "button_release_event", viewer.ax_rgb, u1, v1)
+    assert (viewer.azimuth, viewer.elevation) == pytest.approx((-20.0, 10.0), abs=1e-6) and viewer.pixel is None
+    after_drag = expected("softmax", -20, 10)
+    assert np.allclose(shown(), after_drag["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+    # click feature pixel (row 5, column 11) on the depth panel: its weights against the plane depths
+    send(figure, "button_press_event", viewer.ax_depth, 11.5, 5.5)
+    send(figure, "button_release_event", viewer.ax_depth, 11.6, 5.4)
+    assert viewer.pixel == (5, 11) and (viewer.azimuth, viewer.elevation) == pytest.approx((-20.0, 10.0))
+    (line,) = viewer.ax_ray.lines[:1]
+    near, far = dv.view_depth_range(viewer.pose, models["softmax"].cfg)
+    assert np.allclose(line.get_xdata(), np.linspace(near.item(), far.item(), 8), atol=1e-5)
+    assert np.allclose(line.get_ydata(), after_drag["weights"][0, :, 5, 11].numpy(), atol=1e-6)
+    assert line.get_ydata().sum() == pytest.approx(1.0, abs=1e-5)
+    # t: the naive model from the same camera, which has no weights to plot
+    figure.canvas.callbacks.process("key_press_event", KeyEvent("key_press_event", figure.canvas, "t"))
+    assert viewer.kind == "naive" and not viewer.ax_ray.lines
+    assert np.allclose(shown(), expected("naive", -20, 10)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
