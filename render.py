@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)")
     p.add_argument("--view", action="store_true", help="open the interactive viewer on the run (an ablation folder: both models) instead of writing files")
+    p.add_argument("--architecture", action="store_true", help="redraw the architecture figure from a forward pass of the default model "
+                   "into <--out>/architecture.png (default: assets/) and stop")
     args = p.parse_args(argv)
     if args.frames < 1 or args.size < 0:
         p.error("--frames must be at least 1 and --size at least 0")
@@ -273,11 +275,103 @@ def view(args: argparse.Namespace) -> Viewer:
     return viewer
 
 
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# The architecture in one picture (--architecture): every shape from a real forward pass
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+# Blocks of one training step: name -> (column, row, title, the module that holds its parameters).
+BLOCKS = {
+    "source": (0, 2, "source image", None), "extract": (1, 2, "2. feature extraction\nFeatureExtractor", "encoder"),
+    "lift": (2, 2, "3. lifting\nlift", None), "gru": (3, 2, "4. integration\nIntegrationGRU", "gru"),
+    "grid": (4, 2, "persistent grid H\n(the DeepVoxels)", None), "inpaint": (3, 1, "5. 3D inpainting\n3D U-Net", "inpainting"),
+    "project": (2, 1, "6. projection\nproject", None), "occlusion": (1, 1, "7. occlusion\nsoftmax over depth", "occlusion"),
+    "render": (0, 1, "8. rendering\nRenderingNet", "renderer"), "loss": (-1, 1, "loss\nL1 (+ adversarial)", None),
+    "poses": (2, 0, "target poses", None), "depth": (1, 0, "visibility weights $w_d$,\ndepth map $\\sum_d w_d z_d$", None), "targets": (-1, 0, "target images", None),
+}
+# Arrows: (from, to, what flows, its shape in the letters of deepvoxels.py, where the forward pass returns it).
+ARROWS = [
+    ("source", "extract", "source image", "(1, 3, H, W)", "source_image"), ("extract", "lift", "features", "(1, C, h, w)", "features"),
+    ("lift", "gru", "lifted X", "(1, C, N, N, N)", "lifted"), ("grid", "gru", "H", "(1, C, N, N, N)", "grid"),
+    ("gru", "grid", "H' (written back)", "(1, C, N, N, N)", "grid"), ("gru", "inpaint", "H'", "(1, C, N, N, N)", "grid"),
+    ("inpaint", "project", "inpainted", "(1, C, N, N, N)", "inpainted"), ("poses", "project", "target poses", "(B, 4, 4)", "target_poses"),
+    ("project", "occlusion", "view volume", "(B, C, D, h, w)", "view_volume"),
+    ("occlusion", "depth", "weights", "(B, D, h, w)", "weights"), ("occlusion", "depth", "depth", "(B, 1, h, w)", "depth"),
+    ("occlusion", "render", "flat features", "(B, C, h, w)", "flat_features"), ("render", "loss", "rgb", "(B, 3, H, W)", "rgb"),
+    ("targets", "loss", "target images", "(B, 3, H, W)", "target_images"),
+]
+
+
+def architecture(model: dv.DeepVoxels, targets: int = 2) -> dict:
+    """{"arrows": ARROWS with the shape each tensor has in a real training forward pass of `model` (one random
+    source view, `targets` target views on a circle around the grid), "parameters": {block: count}}."""
+    cfg = model.cfg
+    poses = dv.orbit_poses(cfg.grid_center, 2.5 * cfg.grid_scale, targets + 1)
+    source = torch.rand(1, 3, cfg.img_size, cfg.img_size)
+    with torch.no_grad():
+        out = model.eval()(source, poses[:1], poses[1:])
+    out = {**out, "source_image": source, "target_poses": poses[1:], "target_images": torch.rand_like(out["rgb"])}
+    arrows = [{"from": a, "to": b, "name": name, "letters": letters, "key": key, "shape": list(out[key].shape)}
+              for a, b, name, letters, key in ARROWS]
+    parameters = {block: sum(p.numel() for p in getattr(model, module).parameters())
+                  for block, (_, _, _, module) in BLOCKS.items() if module}
+    return {"arrows": arrows, "parameters": {**parameters, "total": sum(p.numel() for p in model.parameters())}}
+
+
+def draw_architecture(model: dv.DeepVoxels, path: Path) -> dict:
+    """Draw every stage as a block and every tensor as an arrow labelled with its shape; saved to `path`
+    with architecture(model) as JSON in the PNG's Description, so a test can tell whether it is current."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    drawn = architecture(model)
+    cfg, dx, box_w, box_h = model.cfg, 3.0, 1.7, 0.62
+    figure = Figure(figsize=(15, 5.6), dpi=90)
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes((0, 0, 1, 1))
+    ax.set(xlim=(-1 * dx - 1.1, 4 * dx + 1.1), ylim=(-0.55, 2.75))
+    ax.axis("off")
+    for block, (column, row, title, module) in BLOCKS.items():
+        params = "" if module is None else f"\n{drawn['parameters'][block] / 1e6:.2f} M parameters"
+        color = "#dde8f5" if module else "#f3f3f3"
+        ax.add_patch(matplotlib.patches.FancyBboxPatch((column * dx - box_w / 2, row - box_h / 2), box_w, box_h,
+                                                       boxstyle="round,pad=0.03", fc=color, ec="#445"))
+        ax.text(column * dx, row, title + params, ha="center", va="center", fontsize=8.5)
+    offsets = {("grid", "gru"): 0.12, ("gru", "grid"): -0.12, "weights": -0.4, "depth": 0.4}  # where two arrows join two blocks
+    for arrow in drawn["arrows"]:
+        (x0, y0), (x1, y1) = [(BLOCKS[arrow[k]][0] * dx, BLOCKS[arrow[k]][1]) for k in ("from", "to")]
+        label = f"{arrow['name']}\n{arrow['letters']}\n{tuple(arrow['shape'])}"
+        if y0 == y1:                                                  # horizontal: from edge to edge, label above
+            y0 = y1 = y0 + offsets.get((arrow["from"], arrow["to"]), 0)
+            sign = 1 if x1 > x0 else -1
+            start, end = (x0 + sign * box_w / 2, y0), (x1 - sign * box_w / 2, y1)
+            where = dict(xy=((x0 + x1) / 2, y0 + (0.03 if y0 >= BLOCKS[arrow["to"]][1] else -0.03)), ha="center",
+                         va="bottom" if y0 >= BLOCKS[arrow["to"]][1] else "top")
+        else:                                                         # vertical: label to the right (left of a left arrow)
+            shift = offsets.get(arrow["key"], 0) if arrow["from"] == "occlusion" else 0
+            x0 = x1 = x0 + shift
+            sign = 1 if y1 > y0 else -1
+            start, end = (x0, y0 + sign * box_h / 2), (x1, y1 - sign * box_h / 2)
+            where = dict(xy=(x0 + (0.08 if shift >= 0 else -0.08), (y0 + y1) / 2), ha="left" if shift >= 0 else "right", va="center")
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="#223", lw=1.2))
+        ax.text(*where["xy"], label, ha=where["ha"], va=where["va"], fontsize=7.5, color="#223")
+    ax.text(-1 * dx - 1.0, 2.62, f"DeepVoxels, one training step (deepvoxels.py, default Config): B = 2 targets, C = {cfg.channels} features, "
+            f"N = {cfg.grid_size} voxels per side, D = {cfg.depth_planes} depth planes, h = w = {cfg.feat_size}, H = W = {cfg.img_size}; "
+            f"{drawn['parameters']['total'] / 1e6:.2f} M parameters. Test time starts at the persistent grid.", fontsize=9, va="top")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, metadata={"Description": json.dumps(drawn)})
+    return drawn
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
     if args.view:
         return view(args)
+    if args.architecture:
+        path = Path(args.out or Path(__file__).parent / "assets") / "architecture.png"
+        draw_architecture(dv.DeepVoxels(dv.Config()), path)
+        return print(f"wrote {path}")
     ckpt = find_checkpoint(args)
     model, state = dv.load_checkpoint(ckpt, args.device)               # weights_only, onto args.device
     model.eval()

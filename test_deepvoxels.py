@@ -751,3 +751,53 @@ def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_pat
     figure.canvas.callbacks.process("key_press_event", KeyEvent("key_press_event", figure.canvas, "t"))
     assert viewer.kind == "naive" and not viewer.ax_ray.lines
     assert np.allclose(shown(), expected("naive", -20, 10)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+def test_architecture_figure_shows_the_forward_pass_shapes_and_is_current(tmp_path):
+    cfg = replace(SMALL, grid_size=12, depth_planes=24)                  # sizes unlike the defaults: every letter differs
+    drawn = render.draw_architecture(dv.DeepVoxels(cfg), tmp_path / "architecture.png")
+    letters = {"B": 2, "C": cfg.channels, "N": cfg.grid_size, "D": cfg.depth_planes, "h": cfg.feat_size, "w": cfg.feat_size,
+               "H": cfg.img_size, "W": cfg.img_size}
+    for arrow in drawn["arrows"]:                                         # the letters of the docstrings, evaluated by hand
+        expected = [letters.get(part, None) or int(part) for part in arrow["letters"].strip("()").split(", ")]
+        assert arrow["shape"] == expected, arrow
+    assert json.loads(iio.immeta(tmp_path / "architecture.png")["Description"]) == drawn
+    assert drawn["parameters"]["total"] == sum(p.numel() for p in dv.DeepVoxels(cfg).parameters())
+    assert {a["key"] for a in drawn["arrows"]} >= {"features", "lifted", "grid", "inpainted", "view_volume", "weights", "depth", "rgb"}
+    # the picture in the README: drawn from the current default model
+    stored = json.loads(iio.immeta(HERE / "assets" / "architecture.png")["Description"])
+    current = render.architecture(dv.DeepVoxels(dv.Config()))
+    assert stored == current, "assets/architecture.png is out of date: redraw it with  python render.py --architecture"
+
+
+def test_readme_equation_table_points_at_lines_that_exist():
+    import inspect
+
+    readme = (HERE / "README.md").read_text()
+    section = readme.split("## The architecture in one picture")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) >= 11                                                # the GRU's four, projection, softmax and depth, loss
+    for _, _, function, text in rows:
+        module, name = (train, function.strip("`")[6:]) if function.startswith("`train.") else (dv, function.strip("`"))
+        obj = module
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        code = text.rstrip(" |").strip("`")
+        assert code in inspect.getsource(obj), f"README: {function} no longer holds {code!r}"
+
+
+def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_views(cube, tmp_path):
+    import ablation
+
+    scene = ablation.split_by_azimuth(cube, tmp_path / "half", margin=20.0)
+    train_views, held_out = dv.load_split(scene, "train", 16), dv.load_split(scene, "test", 16)
+    every = torch.cat([dv.load_split(cube, s, 16).poses for s in ("train", "test")]).double().numpy()
+    eyes = every[:, :3, 3]
+    y_positive = eyes[:, 1] >= 0                                          # azimuth in [0, 180): y >= 0 (grid centre 0)
+    assert len(train_views.names) == y_positive.sum() and (train_views.poses[:, 1, 3] >= 0).all()
+    directions = every[:, :3, 2]
+    angles = np.degrees(np.arccos(np.clip(directions @ directions[y_positive].T, -1, 1))).min(1)
+    assert len(held_out.names) == (~y_positive & (angles >= 20)).sum() > 0
+    assert (held_out.poses[:, 1, 3] < 0).all() and (ablation.angle_to_training(train_views, held_out) >= 20 - 1e-3).all()
+    k, name = next((k, n) for k, n in enumerate(train_views.names) if n.startswith("train"))   # copied, not changed
+    assert torch.equal(train_views.images[k], dv.load_split(cube, "train", 16).images[int(name[5:])])
