@@ -677,7 +677,7 @@ def test_tutorial_notebook_runs_in_a_real_kernel_and_its_checks_can_fail(monkeyp
     nb.cells.insert(len(nb.cells) - 1, nbformat.v4.new_code_cell(TUTORIAL_WRONG_ANSWERS))
     monkeypatch.setenv("TUTORIAL_TRAIN_STEPS", "4")                        # the notebook's two training runs, shortened
     before = set(os.listdir(HERE))
-    # A failing cell raises CellExecutionError here; the solutions cell asserts every exercise's answer.
+    # A failing cell raises CellExecutionError here; each check cell asserts its exercise's solution.
     NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(HERE)}}).execute()
     assert set(os.listdir(HERE)) - before <= {"__pycache__"}                # nothing written into the repository
     kernel_prefix = nb.cells[-2].outputs[-1]["text"].split()[-1]
@@ -801,3 +801,31 @@ def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_view
     assert (held_out.poses[:, 1, 3] < 0).all() and (ablation.angle_to_training(train_views, held_out) >= 20 - 1e-3).all()
     k, name = next((k, n) for k, n in enumerate(train_views.names) if n.startswith("train"))   # copied, not changed
     assert torch.equal(train_views.images[k], dv.load_split(cube, "train", 16).images[int(name[5:])])
+
+
+def test_handout_keeps_the_todo_cells_and_checks_and_runs_with_every_exercise_unanswered(monkeypatch, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    import handout
+
+    full = json.loads((HERE / "tutorial.ipynb").read_text())
+    made = handout.make_handout(full)
+    code = "\n".join(c["source"] for c in made["cells"] if c["cell_type"] == "code")
+    assert len(made["cells"]) == len(full["cells"]) and "### BEGIN SOLUTION" in json.dumps(full)
+    assert "SOLUTION" not in code and "x_cam = pose[:3, :3].T" not in code and "my_depth = 2.5" not in code
+    answers = [c["source"] for c in made["cells"] if c["cell_type"] == "code" and "# TODO" in c["source"]]
+    todo = [line for a in answers for line in a.splitlines() if "# TODO" in line]
+    assert len(answers) == 6 and len(todo) == 8 and all(line.split("#")[0].rstrip().endswith("= None") for line in todo)
+    assert not any(c.get("outputs") for c in made["cells"])
+    with pytest.raises(ValueError, match="cell 1: '### BEGIN SOLUTION' without"):
+        handout.make_handout({"cells": [full["cells"][0], {**full["cells"][1], "source": "### BEGIN SOLUTION\nx = 1\n"}]})
+    # the handout runs top to bottom, and every check says "not answered yet" instead of failing
+    handout.main([str(HERE / "tutorial.ipynb"), "--out", str(tmp_path / "handout.ipynb")])
+    nb = nbformat.read(tmp_path / "handout.ipynb", as_version=4)
+    monkeypatch.setenv("TUTORIAL_TRAIN_STEPS", "4")
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(HERE)}}).execute()
+    checks = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("def check_")]
+    assert len(checks) == 6
+    for cell in checks:
+        assert "not answered yet" in "".join(o.get("text", "") for o in cell.outputs), cell.source.splitlines()[0]
