@@ -167,9 +167,9 @@ def find_models(args: argparse.Namespace) -> tuple[dict[str, dv.DeepVoxels], dic
 def viewing_distance(cfg: dv.Config, state: dict) -> float:
     """The training cameras' mean distance from the grid centre; without the data, the distance at
     which the grid's bounding sphere fills the narrower half of the field of view."""
-    data = Path(state.get("train_config", {}).get("data", ""), "train", "pose")
-    if data.is_dir():
-        return (read_poses(data)[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
+    poses = Path(state["train_config"]["data"], "train", "pose") if "train_config" in state else None
+    if poses is not None and poses.is_dir():
+        return (read_poses(poses)[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
     half_width = min(cfg.cx, cfg.img_size - cfg.cx, cfg.cy, cfg.img_size - cfg.cy)
     return cfg.grid_scale * math.sqrt(3) / 2 / math.sin(math.atan(half_width / cfg.focal))
 
@@ -188,6 +188,7 @@ class Viewer:
         self.press = None   # (screen x, screen y, azimuth, elevation, image u, image v) when the button went down
         self.figure = figure
         self.ax_rgb, self.ax_depth, self.ax_ray = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.4]})
+        figure.subplots_adjust(left=0.02, right=0.98, bottom=0.16, top=0.84, wspace=0.25)
         for name, handler in (("button_press_event", self.on_press), ("motion_notify_event", self.on_motion),
                               ("button_release_event", self.on_release), ("key_press_event", self.on_key)):
             figure.canvas.mpl_connect(name, handler)
@@ -207,8 +208,8 @@ class Viewer:
         other = [k for k in self.models if k != self.kind]
         self.ax_rgb.clear()
         self.ax_rgb.imshow(self.out["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), extent=(0, size, size, 0))
-        self.ax_rgb.set_title(f"{self.kind} occlusion, azimuth {self.azimuth:.0f}°, elevation {self.elevation:.0f}°"
-                              + (f"\n(t: show {other[0]})" if other else ""))
+        self.ax_rgb.set_title(f"{self.kind} occlusion" + (f" (t: {other[0]})" if other else "")
+                              + f"\nazimuth {self.azimuth:.0f}°, elevation {self.elevation:.0f}°")
         self.ax_depth.clear()
         if self.out["depth"] is None:
             self.ax_depth.imshow(np.full((size, size), 0.5), cmap="gray", vmin=0, vmax=1, extent=(0, size, size, 0))
@@ -216,6 +217,8 @@ class Viewer:
         else:
             self.ax_depth.imshow(self.out["depth"][0, 0].numpy(), cmap="viridis_r", extent=(0, size, size, 0))
             self.ax_depth.set_title("learned depth (bright: near)")
+        self.ax_rgb.axis("off")
+        self.ax_depth.axis("off")
         self.draw_ray()
 
     def draw_ray(self) -> None:
@@ -228,7 +231,7 @@ class Viewer:
             i, j = self.pixel
             self.ax_ray.plot(self.out["depths"][0].numpy(), self.out["weights"][0, :, i, j].numpy(), ".-", color="tab:red")
             self.ax_ray.axvline(self.out["depth"][0, 0, i, j].item(), color="gray", ls="--", lw=1)
-            self.ax_ray.set_title(f"feature pixel (row {i}, column {j}); dashed: its depth Σ w_d z_d")
+            self.ax_ray.set_title(f"weights along feature pixel (row {i}, column {j})\ndashed: its depth Σ_d w_d z_d")
             size, h = self.models[self.kind].cfg.img_size, self.out["weights"].shape[-1]
             for ax in (self.ax_rgb, self.ax_depth):
                 ax.plot((j + 0.5) * size / h, (i + 0.5) * size / h, "o", color="tab:red", ms=5)
@@ -363,7 +366,7 @@ def draw_architecture(model: dv.DeepVoxels, path: Path) -> dict:
     return drawn
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | Viewer | None:
     args = parse_args(argv)
     torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
     if args.view:
