@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default="./cube", help="scene folder in the DeepVoxels layout (default: ./cube)")
     parser.add_argument("--iters", type=int, default=1000, help="training steps of each model (default: 1000)")
     parser.add_argument("--minutes", type=float, default=0.0, help="training time of each model, if it ends before --iters (default: 0, no limit)")
-    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>)")
+    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>, -half added for --holdout half)")
     parser.add_argument("--compare_only", action="store_true", help="skip training: compare the checkpoints already in --out")
     parser.add_argument("--rows", type=int, default=6, help="held-out views in the picture, evenly spaced (default: 6)")
     parser.add_argument("--holdout", default="test", choices=("test", "half"),

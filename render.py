@@ -323,9 +323,9 @@ def architecture(model: dv.DeepVoxels, targets: int = 2) -> dict:
 def draw_architecture(model: dv.DeepVoxels, path: Path) -> dict:
     """Draw every stage as a block and every tensor as an arrow labelled with its shape; saved to `path`
     with architecture(model) as JSON in the PNG's Description, so a test can tell whether it is current."""
-    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import FancyBboxPatch
 
     drawn = architecture(model)
     cfg, dx, box_w, box_h = model.cfg, 3.0, 1.7, 0.62
@@ -337,8 +337,8 @@ def draw_architecture(model: dv.DeepVoxels, path: Path) -> dict:
     for block, (column, row, title, module) in BLOCKS.items():
         params = "" if module is None else f"\n{drawn['parameters'][block] / 1e6:.2f} M parameters"
         color = "#dde8f5" if module else "#f3f3f3"
-        ax.add_patch(matplotlib.patches.FancyBboxPatch((column * dx - box_w / 2, row - box_h / 2), box_w, box_h,
-                                                       boxstyle="round,pad=0.03", fc=color, ec="#445"))
+        ax.add_patch(FancyBboxPatch((column * dx - box_w / 2, row - box_h / 2), box_w, box_h,
+                                    boxstyle="round,pad=0.03", fc=color, ec="#445"))
         ax.text(column * dx, row, title + params, ha="center", va="center", fontsize=8.5)
     offsets = {("grid", "gru"): 0.12, ("gru", "grid"): -0.12, "weights": -0.4, "depth": 0.4}  # where two arrows join two blocks
     for arrow in drawn["arrows"]:
