@@ -81,9 +81,9 @@ def main(argv=None) -> None:
     args, train_flags = parser.parse_known_args(argv)
     suffix = "-half" if args.holdout == "half" else ""
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
-    if not Path(args.data).exists() and Path(args.data).name == "two_cubes":
-        print(f"{args.data} does not exist: generating the two-cube scene there (a few seconds)")
-        dv.make_cube_scene(args.data, render=dv.render_boxes)
+    if not Path(args.data).exists() and Path(args.data).name in dv.SCENES:
+        print(f"{args.data} does not exist: generating the synthetic scene '{Path(args.data).name}' there (a few seconds)")
+        dv.make_scene(args.data, Path(args.data).name)
     if not Path(args.data).is_dir():
         raise dv.DataError(f"{args.data}: no such data folder")
     if args.holdout == "half":

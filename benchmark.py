@@ -1,7 +1,9 @@
 """Where the time of one training step goes: each stage's forward and forward+backward, in fp32
-and in bf16 mixed precision, median of repeated runs. Prints a markdown table for the README.
+and in bf16 mixed precision, median of repeated runs, and one rendered view. Prints markdown tables
+for the README; --profile adds the operators that cost the most (torch.profiler).
 
-    python benchmark.py            # the default model sizes, on the CPU
+    python benchmark.py                   # the default model sizes, on the CPU
+    python benchmark.py --profile fp32    # ... and the 15 costliest operators of an fp32 training step
     python benchmark.py --grid_size 32 --channels 32 --device cuda
 """
 
@@ -30,8 +32,9 @@ def median_ms(fn, device: str, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int) -> dict[str, tuple[float, float]]:
-    """{stage: (forward ms, forward+backward ms)} for one training step's inputs (1 source, 2 targets)."""
+def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int, profile: bool = False) -> dict[str, tuple[float, float]]:
+    """{stage: (forward ms, forward+backward ms)} for one training step's inputs (1 source, 2 targets), and the
+    time of one view rendered from a cached inpainted grid; with `profile`, print the costliest operators."""
     torch.manual_seed(0)
     model = dv.DeepVoxels(cfg).to(device)
     image = torch.rand(1, 3, cfg.img_size, cfg.img_size, device=device)
@@ -65,6 +68,11 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int) -> 
         loss.backward()
         optimizer.step()
 
+    model.eval()
+    with torch.no_grad(), dv.mixed_precision(device, precision):
+        inpainted = model.inpainting(model.grid)                            # once: it depends on no view
+        render_ms = median_ms(lambda: model.render_inpainted(inpainted, targets[:1]), device, repeats)
+    model.train()
     results = {}
     for name, forward in stages.items():
         if forward is None:
@@ -79,6 +87,14 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int) -> 
             fwd().float().square().mean().backward()
 
         results[name] = (median_ms(fwd, device, repeats), median_ms(fwd_bwd, device, repeats))
+    results["one rendered view (test time)"] = (render_ms, float("nan"))
+    if profile:
+        with torch.profiler.profile() as prof:
+            for _ in range(repeats):
+                whole_step()
+        print(f"{precision}: the operators of {repeats} training steps, by their own time")
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15,
+                                                               max_name_column_width=32, max_shapes_column_width=70))
     return results
 
 
@@ -86,20 +102,23 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per stage (default: 20)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--profile", choices=("fp32", "bf16"), help="also print the costliest operators of a training step in this precision")
     run_flags, rest = parser.parse_known_args(argv)
     _, sizes = train.parse_args(rest)                                       # the model-size flags of train.py
     torch.set_flush_denormal(True)
     cfg = dv.Config(**{**sizes.__dict__, "focal": 1.25 * sizes.img_size, "cx": sizes.img_size / 2,
                        "cy": sizes.img_size / 2, "grid_scale": 1.25})
-    fp32 = stage_timings(cfg, run_flags.device, "fp32", run_flags.repeats)
-    bf16 = stage_timings(cfg, run_flags.device, "bf16", run_flags.repeats)
+    fp32 = stage_timings(cfg, run_flags.device, "fp32", run_flags.repeats, run_flags.profile == "fp32")
+    bf16 = stage_timings(cfg, run_flags.device, "bf16", run_flags.repeats, run_flags.profile == "bf16")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {run_flags.device}, median of "
           f"{run_flags.repeats} runs; image {cfg.img_size}, features {cfg.feat_size}, grid {cfg.grid_size}^3 x {cfg.channels}, D {cfg.depth_planes}")
     print("| stage | fp32 forward ms | fp32 fwd+bwd ms | bf16 forward ms | bf16 fwd+bwd ms | bf16 speed-up |")
     print("|---|---|---|---|---|---|")
     for name in fp32:
         (f32, f32b), (b16, b16b) = fp32[name], bf16[name]
-        print(f"| {name} | {f32:.1f} | {f32b:.1f} | {b16:.1f} | {b16b:.1f} | {f32b / b16b:.2f}x |")
+        cells = [f"{t:.1f}" if t == t else "" for t in (f32, f32b, b16, b16b)]           # t != t: not measured (nan)
+        speedup = f32b / b16b if f32b == f32b else f32 / b16
+        print(f"| {name} | {' | '.join(cells)} | {speedup:.2f}x |")
 
 
 if __name__ == "__main__":

