@@ -186,6 +186,8 @@ class Viewer:
 
     def __init__(self, models: dict[str, dv.DeepVoxels], radius: float, figure, azimuth: float = 0.0, elevation: float = 20.0):
         self.models, self.kind = models, next(iter(models))
+        with torch.no_grad():                                   # the inpainted grid depends on no view: once per model
+            self.inpainted = {kind: model.inpainting(model.grid) for kind, model in models.items()}
         self.radius, self.azimuth, self.elevation = radius, azimuth, elevation
         self.pixel = None   # (row, column) of the clicked pixel in the feature map
         self.press = None   # (screen x, screen y, azimuth, elevation, image u, image v) when the button went down
@@ -206,7 +208,7 @@ class Viewer:
         """Render the current model from the current camera and redraw all three panels."""
         model = self.models[self.kind]
         with torch.no_grad():
-            self.out = model.render(self.pose)
+            self.out = model.render_inpainted(self.inpainted[self.kind], self.pose)
         size = model.cfg.img_size
         other = [k for k in self.models if k != self.kind]
         self.ax_rgb.clear()
