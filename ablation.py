@@ -6,15 +6,23 @@ for both the PSNR on the training and on the held-out views (rendered from the g
 test time) and the parameter count, and writes <out>/ablation.png: one row per held-out view,
 target | softmax | naive | softmax depth. Flags it does not know go to train.py for both runs.
 A missing --data folder named two_cubes is generated: two cubes that hide each other.
+
+--holdout half tests novel views far from the training ones (the paper's "fits the training views,
+fails at novel ones"): the scene's views, train and test split together, are split by azimuth around
+the grid centre (world z up); both models train on one half and are tested on the views of the other
+half whose viewing direction is at least --margin degrees from every training view's. The split is
+written to <out>/scene.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,19 +30,64 @@ import deepvoxels as dv
 import train as trainer
 
 
+def split_by_azimuth(data: Path, dest: Path, margin: float) -> Path:
+    """Write the views of data/{train,test} whose camera azimuth around the grid centre is in [0, 180) degrees
+    as dest/train, and those of the other half whose viewing direction is at least `margin` degrees from
+    every training view's as dest/test; returns dest."""
+    camera = dv.read_intrinsics(data / "train" / "intrinsics.txt")
+    views = []                                                               # (split, pose file, pose)
+    for split in ("train", "test"):
+        if (data / split / "pose").is_dir():
+            if dv.read_intrinsics(data / split / "intrinsics.txt") != camera:
+                raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from {data / 'train' / 'intrinsics.txt'}; "
+                                   "--holdout half needs one camera for all views")
+            views += [(split, f, dv.read_pose(f)) for f in sorted((data / split / "pose").glob("*.txt"))]
+    eyes = np.stack([pose[:3, 3] for _, _, pose in views]) - np.array(camera.grid_center or (0.0, 0.0, 0.0))
+    first_half = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0])) % 360 < 180
+    directions = np.stack([pose[:3, 2] for _, _, pose in views])
+    closest = np.degrees(np.arccos(np.clip(directions @ directions[first_half].T, -1, 1))).min(axis=1)
+    shutil.rmtree(dest, ignore_errors=True)
+    for half, keep in (("train", first_half), ("test", ~first_half & (closest >= margin))):
+        (dest / half / "rgb").mkdir(parents=True)
+        (dest / half / "pose").mkdir()
+        shutil.copy(data / "train" / "intrinsics.txt", dest / half / "intrinsics.txt")
+        for (split, pose_file, _), kept in zip(views, keep):
+            images = list((data / split / "rgb").glob(pose_file.stem + ".*"))
+            if kept and images:
+                shutil.copy(images[0], dest / half / "rgb" / f"{split}{images[0].name}")
+                shutil.copy(pose_file, dest / half / "pose" / f"{split}{pose_file.name}")
+    return dest
+
+
+def angle_to_training(train: dv.Scene, held_out: dv.Scene) -> torch.Tensor:
+    """(V,) angle in degrees between each held-out viewing direction and the closest training one."""
+    cosine = (held_out.poses[:, :3, 2] @ train.poses[:, :3, 2].T).amax(dim=1).clamp(-1, 1)
+    return torch.rad2deg(torch.arccos(cosine))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="./cube", help="scene folder, any layout train.py reads (default: ./cube)")
     parser.add_argument("--iters", type=int, default=1000, help="training steps of each model (default: 1000)")
     parser.add_argument("--minutes", type=float, default=0.0, help="training time of each model, if it ends before --iters (default: 0, no limit)")
-    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>)")
+    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>, -half added for --holdout half)")
     parser.add_argument("--compare_only", action="store_true", help="skip training: compare the checkpoints already in --out")
     parser.add_argument("--rows", type=int, default=6, help="held-out views in the picture, evenly spaced (default: 6)")
+    parser.add_argument("--holdout", default="test", choices=("test", "half"),
+                        help="test: the scene's test split; half: train on one azimuth half of all views, test on the "
+                             "other half, far from every training view (default: test)")
+    parser.add_argument("--margin", type=float, default=30.0,
+                        help="--holdout half: the least angle in degrees between a held-out viewing direction and every training one (default: 30)")
     args, train_flags = parser.parse_known_args(argv)
-    out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}")
+    suffix = "-half" if args.holdout == "half" else ""
+    out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
     if not Path(args.data).exists() and Path(args.data).name in dv.SCENES:
         print(f"{args.data} does not exist: generating the synthetic scene '{Path(args.data).name}' there (a few seconds)")
         dv.make_scene(args.data, Path(args.data).name)
+    if not Path(args.data).is_dir():
+        raise dv.DataError(f"{args.data}: no such data folder")
+    if args.holdout == "half":
+        args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin))
     kinds = ("softmax", "naive")
     if not args.compare_only:
         for kind in kinds:
@@ -42,7 +95,7 @@ def main(argv=None) -> None:
             trainer.main(["--data", args.data, "--out", str(out / kind), "--iters", str(args.iters),
                           "--minutes", str(args.minutes), "--occlusion", kind, *train_flags])
 
-    print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) |\n|---|---|---|---|---|---|")
+    print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) | gap (dB) |\n|---|---|---|---|---|---|---|")
     columns = []
     for kind in kinds:
         model, state = dv.load_checkpoint(out / kind / "ckpt.pt")
@@ -51,12 +104,16 @@ def main(argv=None) -> None:
         train_psnr, _, _ = trainer.evaluate(model, train_views, "cpu", "fp32")
         test_psnr, test_rgb, depth = trainer.evaluate(model, test, "cpu", "fp32")
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | {train_psnr:.2f} | {test_psnr:.2f} |")
+        print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | {train_psnr:.2f} | {test_psnr:.2f} "
+              f"| {train_psnr - test_psnr:.2f} |")
         columns.append(test_rgb.clamp(0, 1))
         if depth is not None:
             depth_column = dv.colorize_depth(depth, test_rgb.shape[-1])
     baseline = dv.psnr(dv.nearest_view_baseline(train_views, test.poses), test.images).mean()
-    print(f"| nearest training view | - | - | - | - | {baseline:.2f} |")
+    print(f"| nearest training view | - | - | - | - | {baseline:.2f} | - |")
+    angles = angle_to_training(train_views, test)
+    print(f"{len(train_views.names)} training views; each of the {len(test.names)} held-out views is {angles.min():.0f} to "
+          f"{angles.max():.0f} degrees (mean {angles.mean():.0f}) from the nearest training view's direction")
     rows = torch.linspace(0, len(test.names) - 1, args.rows).round().long()
     picture = torch.cat([test.images, *columns, depth_column], dim=3)[rows]       # (rows, 3, H, 4W)
     picture = F.interpolate(picture, scale_factor=max(1, 128 // picture.shape[-2]), mode="nearest")  # at least 128 px high

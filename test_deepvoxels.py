@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -712,7 +712,7 @@ def test_tutorial_notebook_runs_in_a_real_kernel_and_its_checks_can_fail(monkeyp
     nb.cells.insert(len(nb.cells) - 1, nbformat.v4.new_code_cell(TUTORIAL_WRONG_ANSWERS))
     monkeypatch.setenv("TUTORIAL_TRAIN_STEPS", "4")                        # the notebook's two training runs, shortened
     before = set(os.listdir(HERE))
-    # A failing cell raises CellExecutionError here; the solutions cell asserts every exercise's answer.
+    # A failing cell raises CellExecutionError here; each check cell asserts its exercise's solution.
     NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(HERE)}}).execute()
     assert set(os.listdir(HERE)) - before <= {"__pycache__"}                # nothing written into the repository
     kernel_prefix = nb.cells[-2].outputs[-1]["text"].split()[-1]
@@ -948,3 +948,149 @@ def test_train_cli_reports_a_bad_colmap_model_in_one_line(tmp_path):
     result = run_train("--data", str(root), "--check", "--out", str(tmp_path / "run"))
     assert result.returncode == 1 and "cameras.txt: line 2: camera model SIMPLE_RADIAL is not a pinhole model" in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+# ---- Issue 11: the viewer, the architecture figure, the notebook handout, the far hold-out ----
+
+def tiny_checkpoints(folder: Path) -> dict[str, dv.DeepVoxels]:
+    """An ablation-like folder: untrained tiny softmax and naive models (a fused random view each) in <kind>/ckpt.pt."""
+    models = {}
+    for kind in ("softmax", "naive"):
+        torch.manual_seed(0)
+        model = dv.DeepVoxels(replace(TINY, occlusion=kind, grid_scale=1.25, focal=20.0, cx=8.0, cy=8.0))
+        model.fuse(torch.rand(1, 3, 16, 16), camera([0.0, -2.5, 0.5]))
+        (folder / kind).mkdir(parents=True)
+        dv.save_checkpoint(folder / kind / "ckpt.pt", {"model": model.state_dict(), "config": asdict(model.cfg), "step": 0})
+        models[kind] = model.eval()
+    return models
+
+
+def send(figure, name: str, ax, u: float, v: float, button: int = 1):
+    """A synthetic mouse event at image coordinates (u, v) of axes `ax`, through the figure's callbacks."""
+    from matplotlib.backend_bases import MouseEvent
+
+    x, y = ax.transData.transform((u, v))
+    figure.canvas.callbacks.process(name, MouseEvent(name, figure.canvas, x, y, button=button))
+
+
+def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_path):
+    from matplotlib.backend_bases import KeyEvent
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = tiny_checkpoints(tmp_path / "ablation")
+    loaded, _ = render.find_models(render.parse_args(["--run", str(tmp_path / "ablation"), "--device", "cpu"]))
+    assert sorted(loaded) == ["naive", "softmax"]
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    viewer = render.Viewer(loaded, radius=2.5, figure=figure, azimuth=0.0, elevation=20.0)
+    figure.canvas.draw()
+
+    def expected(kind: str, azimuth: float, elevation: float) -> dict:
+        """The model's render from a camera placed by hand: 2.5 units from the origin, world z up."""
+        a, e = np.radians(azimuth), np.radians(elevation)
+        eye = 2.5 * np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
+        with torch.no_grad():
+            return models[kind].render(torch.from_numpy(dv.look_at(eye, np.zeros(3))).float()[None])
+
+    shown = lambda: viewer.ax_rgb.images[0].get_array()
+    assert np.allclose(shown(), expected("softmax", 0, 20)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+    # drag 50 screen pixels right and 25 up on the RGB panel: the camera turns -20 degrees, goes 10 down
+    x0, y0 = viewer.ax_rgb.transData.transform((8.0, 8.0))
+    u1, v1 = viewer.ax_rgb.transData.inverted().transform((x0 + 50, y0 + 25))
+    send(figure, "button_press_event", viewer.ax_rgb, 8.0, 8.0)
+    send(figure, "motion_notify_event", viewer.ax_rgb, u1, v1)
+    send(figure, "button_release_event", viewer.ax_rgb, u1, v1)
+    assert (viewer.azimuth, viewer.elevation) == pytest.approx((-20.0, 10.0), abs=1e-6) and viewer.pixel is None
+    after_drag = expected("softmax", -20, 10)
+    assert np.allclose(shown(), after_drag["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+    # click feature pixel (row 5, column 11) on the depth panel: its weights against the plane depths
+    send(figure, "button_press_event", viewer.ax_depth, 11.5, 5.5)
+    send(figure, "button_release_event", viewer.ax_depth, 11.6, 5.4)
+    assert viewer.pixel == (5, 11) and (viewer.azimuth, viewer.elevation) == pytest.approx((-20.0, 10.0))
+    (line,) = viewer.ax_ray.lines[:1]
+    near, far = dv.view_depth_range(viewer.pose, models["softmax"].cfg)
+    assert np.allclose(line.get_xdata(), np.linspace(near.item(), far.item(), 8), atol=1e-5)
+    assert np.allclose(line.get_ydata(), after_drag["weights"][0, :, 5, 11].numpy(), atol=1e-6)
+    assert line.get_ydata().sum() == pytest.approx(1.0, abs=1e-5)
+    # t: the naive model from the same camera, which has no weights to plot
+    figure.canvas.callbacks.process("key_press_event", KeyEvent("key_press_event", figure.canvas, "t"))
+    assert viewer.kind == "naive" and not viewer.ax_ray.lines
+    assert np.allclose(shown(), expected("naive", -20, 10)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+
+
+def test_architecture_figure_shows_the_forward_pass_shapes_and_is_current(tmp_path):
+    cfg = replace(SMALL, grid_size=12, depth_planes=24)                  # sizes unlike the defaults: every letter differs
+    drawn = render.draw_architecture(dv.DeepVoxels(cfg), tmp_path / "architecture.png")
+    letters = {"B": 2, "C": cfg.channels, "N": cfg.grid_size, "D": cfg.depth_planes, "h": cfg.feat_size, "w": cfg.feat_size,
+               "H": cfg.img_size, "W": cfg.img_size}
+    for arrow in drawn["arrows"]:                                         # the letters of the docstrings, evaluated by hand
+        expected = [letters.get(part, None) or int(part) for part in arrow["letters"].strip("()").split(", ")]
+        assert arrow["shape"] == expected, arrow
+    assert json.loads(iio.immeta(tmp_path / "architecture.png")["Description"]) == drawn
+    assert drawn["parameters"]["total"] == sum(p.numel() for p in dv.DeepVoxels(cfg).parameters())
+    assert {a["key"] for a in drawn["arrows"]} >= {"features", "lifted", "grid", "inpainted", "view_volume", "weights", "depth", "rgb"}
+    # the picture in the README: drawn from the current default model
+    stored = json.loads(iio.immeta(HERE / "assets" / "architecture.png")["Description"])
+    current = render.architecture(dv.DeepVoxels(dv.Config()))
+    assert stored == current, "assets/architecture.png is out of date: redraw it with  python render.py --architecture"
+
+
+def test_readme_equation_table_points_at_lines_that_exist():
+    import inspect
+
+    readme = (HERE / "README.md").read_text()
+    section = readme.split("## The architecture in one picture")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) >= 11                                                # the GRU's four, projection, softmax and depth, loss
+    for _, _, function, text in rows:
+        module, name = (train, function.strip("`")[6:]) if function.startswith("`train.") else (dv, function.strip("`"))
+        obj = module
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        code = text.rstrip(" |").strip("`")
+        assert code in inspect.getsource(obj), f"README: {function} no longer holds {code!r}"
+
+
+def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_views(cube, tmp_path):
+    import ablation
+
+    scene = ablation.split_by_azimuth(cube, tmp_path / "half", margin=20.0)
+    train_views, held_out = dv.load_split(scene, "train", 16), dv.load_split(scene, "test", 16)
+    every = torch.cat([dv.load_split(cube, s, 16).poses for s in ("train", "test")]).double().numpy()
+    eyes = every[:, :3, 3]
+    y_positive = eyes[:, 1] >= 0                                          # azimuth in [0, 180): y >= 0 (grid centre 0)
+    assert len(train_views.names) == y_positive.sum() and (train_views.poses[:, 1, 3] >= 0).all()
+    directions = every[:, :3, 2]
+    angles = np.degrees(np.arccos(np.clip(directions @ directions[y_positive].T, -1, 1))).min(1)
+    assert len(held_out.names) == (~y_positive & (angles >= 20)).sum() > 0
+    assert (held_out.poses[:, 1, 3] < 0).all() and (ablation.angle_to_training(train_views, held_out) >= 20 - 1e-3).all()
+    k, name = next((k, n) for k, n in enumerate(train_views.names) if n.startswith("train"))   # copied, not changed
+    assert torch.equal(train_views.images[k], dv.load_split(cube, "train", 16).images[int(name[5:])])
+
+
+def test_handout_keeps_the_todo_cells_and_checks_and_runs_with_every_exercise_unanswered(monkeypatch, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    import handout
+
+    full = json.loads((HERE / "tutorial.ipynb").read_text())
+    made = handout.make_handout(full)
+    code = "\n".join(c["source"] for c in made["cells"] if c["cell_type"] == "code")
+    assert len(made["cells"]) == len(full["cells"]) and "### BEGIN SOLUTION" in json.dumps(full)
+    assert "SOLUTION" not in code and "x_cam = pose[:3, :3].T" not in code and "my_depth = 2.5" not in code
+    answers = [c["source"] for c in made["cells"] if c["cell_type"] == "code" and "# TODO" in c["source"]]
+    todo = [line for a in answers for line in a.splitlines() if "# TODO" in line]
+    assert len(answers) == 6 and len(todo) == 8 and all(line.split("#")[0].rstrip().endswith("= None") for line in todo)
+    assert not any(c.get("outputs") for c in made["cells"])
+    with pytest.raises(ValueError, match="cell 1: '### BEGIN SOLUTION' without"):
+        handout.make_handout({"cells": [full["cells"][0], {**full["cells"][1], "source": "### BEGIN SOLUTION\nx = 1\n"}]})
+    # the handout runs top to bottom, and every check says "not answered yet" instead of failing
+    handout.main([str(HERE / "tutorial.ipynb"), "--out", str(tmp_path / "handout.ipynb")])
+    nb = nbformat.read(tmp_path / "handout.ipynb", as_version=4)
+    monkeypatch.setenv("TUTORIAL_TRAIN_STEPS", "4")
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(HERE)}}).execute()
+    checks = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("def check_")]
+    assert len(checks) == 6
+    for cell in checks:
+        assert "not answered yet" in "".join(o.get("text", "") for o in cell.outputs), cell.source.splitlines()[0]
