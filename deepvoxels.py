@@ -68,9 +68,22 @@ class Config:
     cy: float = 32.0
 
     def __post_init__(self):
-        if not (self.img_size % self.feat_size == 0 and self.feat_size % 8 == 0 and self.grid_size % 4 == 0 and self.grid_size >= 8):
-            raise DataError(f"sizes: img_size ({self.img_size}) must be a multiple of feat_size ({self.feat_size}), feat_size "
-                            f"of 8 and grid_size ({self.grid_size}) of 4, at least 8 (the U-Nets halve them, batch norm needs > 1 value)")
+        # A U-Net of L levels halves its input L times and doubles it back, so each size must divide by 2^L; at batch 1
+        # (the fused grid, one source view) batch norm needs more than one value per channel at the bottom.
+        # Levels: 3 on feat_size (the encoder's and the renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D (occlusion).
+        ratio = self.img_size // self.feat_size if self.feat_size > 0 else 0
+        problems = [
+            (ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
+             f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be a power of two: the encoder halves the image down to feat_size"),
+            (self.feat_size % 8 or self.feat_size < 16,
+             f"feat_size ({self.feat_size}) must be a multiple of 8 and at least 16: the 2D U-Nets halve it 3 times down to at least 2x2"),
+            (self.grid_size % 4 or self.grid_size < 8,
+             f"grid_size ({self.grid_size}) must be a multiple of 4 and at least 8: the inpainting U-Net halves it twice down to at least 2^3"),
+            (self.depth_planes % 4 or self.depth_planes < 4,
+             f"depth_planes ({self.depth_planes}) must be a multiple of 4: the occlusion U-Net halves it twice"),
+        ]
+        if any(bad for bad, _ in problems):
+            raise DataError("sizes: " + "; ".join(message for bad, message in problems if bad))
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -240,6 +253,9 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, 
 
     Returns the lifted volume (B, C, N, N, N) and the validity mask (B, 1, N, N, N): 1 where the
     voxel centre lies in front of the camera and inside the image, 0 (and a zero feature) elsewhere.
+    "Inside" is u in [0, w], v in [0, h]; between the outermost pixel centres and the image edge
+    (the outer half-pixel ring) border padding repeats the edge pixel, so every valid voxel gets a
+    full-strength feature (zero padding would fade it to 25-50% there).
     """
     B, _, h, w = features.shape
     centers = voxel_centers(cfg).to(features.device).expand(B, -1, -1, -1, -1)   # (B, N, N, N, 3)
@@ -248,7 +264,7 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, 
     sample_at = uv / torch.tensor([w, h], device=uv.device) * 2 - 1               # pixel -> [-1, 1]
     n = cfg.grid_size
     lifted = F.grid_sample(features, sample_at.reshape(B, n, n * n, 2), mode="bilinear",
-                           padding_mode="zeros", align_corners=False)              # (B, C, N, N*N)
+                           padding_mode="border", align_corners=False)             # (B, C, N, N*N)
     mask = inside[:, None].to(features.dtype)                                     # (B, 1, N, N, N)
     return lifted.reshape(B, -1, n, n, n) * mask, mask
 
@@ -419,7 +435,12 @@ def discriminator_loss(disc: PatchDiscriminator, real: torch.Tensor, fake: torch
 
 
 def generator_adversarial_loss(disc: PatchDiscriminator, fake: torch.Tensor) -> torch.Tensor:
-    """-log σ(D(fake)) for rendered images (B, 3, H, W); the discriminator is frozen: it gets no gradient."""
+    """-log σ(D(fake)) for rendered images (B, 3, H, W); the discriminator is frozen: it gets no gradient.
+
+    Its batch norm is not frozen: in train mode it normalises with the fakes' own statistics, as in the
+    discriminator's own step, and updates its running statistics, as pix2pix's generator step does.
+    Those are read only in eval mode, which training never uses.
+    """
     disc.requires_grad_(False)
     loss = F.softplus(-disc(fake)).mean()
     disc.requires_grad_(True)
@@ -480,7 +501,11 @@ class DeepVoxels(nn.Module):
         return {**fused, **self.render_grid(fused["grid"], target_poses)}
 
     def render(self, poses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU)."""
+        """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU).
+
+        Call model.eval() first, as train.evaluate and render.py do: in train mode batch norm
+        normalises with these poses' own statistics and updates its running statistics from them.
+        """
         return self.render_grid(self.grid, poses)
 
 
@@ -537,7 +562,8 @@ def read_pose(path: Path) -> np.ndarray:
     except ValueError:
         raise DataError(f"{path}: pose is not a list of numbers") from None
     if values.size != 16 or not np.isfinite(values).all():
-        raise DataError(f"{path}: pose must be 16 finite numbers (a 4x4 matrix), found {values.size}")
+        found = f"{values.size}" if values.size != 16 else f"{np.sum(~np.isfinite(values))} that are nan or inf"
+        raise DataError(f"{path}: pose must be 16 finite numbers (a 4x4 matrix), found {found}")
     pose = values.reshape(4, 4)
     if abs(np.linalg.det(pose)) < 1e-9:
         raise DataError(f"{path}: pose matrix is not invertible")
@@ -578,30 +604,32 @@ def load_split(root: str | Path, split: str, img_size: int) -> Scene:
     rgb_files = {p.stem: p for p in sorted((folder / "rgb").glob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
     pose_files = {p.stem: p for p in sorted((folder / "pose").glob("*.txt"))}
     if not rgb_files:
-        raise DataError(f"{folder / 'rgb'}: no images found")
+        raise DataError(f"{folder / 'rgb'}: no images found (PNG or JPEG)")
     for stem in rgb_files.keys() - pose_files.keys():
         raise DataError(f"{rgb_files[stem]}: image has no pose file {folder / 'pose' / (stem + '.txt')}")
     for stem in pose_files.keys() - rgb_files.keys():
         raise DataError(f"{pose_files[stem]}: pose has no image in {folder / 'rgb'}")
     intr = read_intrinsics(folder / "intrinsics.txt")
     names = sorted(rgb_files)
-    images = []
+    images, shape0 = [], None
     for name in names:
         image = read_image(rgb_files[name])
-        if images and image.shape != images[0].shape:
+        shape0 = shape0 or image.shape
+        if image.shape != shape0:
             raise DataError(f"{rgb_files[name]}: image is {image.shape[1]}x{image.shape[0]}, "
-                            f"but {rgb_files[names[0]].name} is {images[0].shape[1]}x{images[0].shape[0]}")
+                            f"but {rgb_files[names[0]].name} is {shape0[1]}x{shape0[0]}")
+        if shape0[0] != shape0[1]:
+            raise DataError(f"{rgb_files[name]}: images must be square, got {shape0[1]}x{shape0[0]}")
+        image = torch.from_numpy(image).permute(2, 0, 1)[None]                   # (1, 3, H0, W0)
+        if shape0[0] != img_size:  # one at a time: a 4000 px image is 183 MiB as float32, at 64 px 48 KiB
+            image = F.interpolate(image, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
         images.append(image)
-    h0, w0 = images[0].shape[:2]
-    if h0 != w0:
-        raise DataError(f"{rgb_files[names[0]]}: images must be square, got {w0}x{h0}")
+    h0, w0 = shape0[:2]
     ref_h, ref_w = intr.size or (h0, w0)
     s = img_size / ref_w  # rescale the intrinsics with the image
     if abs(ref_h / ref_w - 1) > 1e-6:
         raise DataError(f"{folder / 'intrinsics.txt'}: image size line {ref_h} {ref_w} is not square like the images")
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)          # (V, 3, H0, W0)
-    if h0 != img_size:
-        batch = F.interpolate(batch, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+    batch = torch.cat(images)                                                 # (V, 3, H, W)
     poses = torch.from_numpy(np.stack([read_pose(pose_files[n]) for n in names])).float()
     intr = Intrinsics(intr.focal * s, intr.cx * s, intr.cy * s, intr.grid_center, intr.near, intr.grid_scale, (img_size, img_size))
     return Scene(batch.clamp(0, 1).contiguous(), poses, intr, names)
@@ -629,10 +657,11 @@ def scene_config(train: Scene, sizes: Config, grid_center=None, grid_scale=None)
 
 
 def view_neighbours(poses: torch.Tensor, k: int = 4) -> torch.Tensor:
-    """(V, k) indices of each view's k nearest views by viewing direction, never the view itself."""
+    """(V, min(k, V - 1)) indices of each view's nearest views by viewing direction, nearest first, never
+    the view itself: with 4 views or fewer, every other view."""
     dirs = poses[:, :3, 2]
     similarity = dirs @ dirs.T - 3 * torch.eye(len(poses))                    # push self to the end
-    return similarity.topk(k, dim=1).indices
+    return similarity.topk(min(k, len(poses) - 1), dim=1).indices
 
 
 def nearest_view_baseline(train: Scene, poses: torch.Tensor) -> torch.Tensor:
