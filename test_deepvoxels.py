@@ -106,24 +106,28 @@ def test_grid_addressing_matches_naive_loop():
 # ── 3. Lifting ─────────────────────────────────────────────────────────────────────────────
 
 def test_lifting_matches_naive_projection_loop():
-    cfg = replace(TINY, feat_size=8, grid_scale=1.0, focal=16.0, cx=8.0, cy=8.0)
-    pose = camera([0.3, -1.8, 0.9])
-    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size)
+    cfg = replace(TINY, grid_scale=2.0, focal=16.0, cx=8.0, cy=8.0)      # the grid overfills the view: some voxels
+    pose = camera([0.3, -1.8, 0.9])                                       # land near the image's edge, some outside
+    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)            # 8 x 8 feature maps: f = 8, c = 4
     features = torch.zeros(1, 2, 8, 8)
     features[0, 0, 3, 5] = 1.0                                            # one bright pixel: row 3, column 5
     features[0, 1] = 1.0                                                  # a constant channel: the image footprint
     lifted, mask = dv.lift(features, pose, K_feat, cfg)
     c2w = pose[0].double().numpy()
+    in_outer_ring = 0
     for (k, j, i), center in zip(np.ndindex(8, 8, 8), dv.voxel_centers(cfg).reshape(-1, 3).double().numpy()):
         x, y, z = c2w[:3, :3].T @ (center - c2w[:3, 3])
         u, v = 8.0 * x / z + 4.0, 8.0 * y / z + 4.0                       # K at feature size: f = 8, c = 4
         inside = z > 0 and 0 <= u <= 8 and 0 <= v <= 8
         assert mask[0, 0, k, j, i] == float(inside)
-        # bilinear weight of pixel (3, 5), whose centre is at (5.5, 3.5)
-        expected = max(0, 1 - abs(u - 5.5)) * max(0, 1 - abs(v - 3.5)) if inside else 0.0
+        # bilinear weight of pixel (3, 5), whose centre is at (5.5, 3.5); outside the outermost pixel centres
+        # the edge pixel's value (border padding: the point is clamped onto the centres' square [0.5, 7.5]^2)
+        uc, vc = min(max(u, 0.5), 7.5), min(max(v, 0.5), 7.5)
+        expected = max(0, 1 - abs(uc - 5.5)) * max(0, 1 - abs(vc - 3.5)) if inside else 0.0
         assert lifted[0, 0, k, j, i].item() == pytest.approx(expected, abs=1e-5)
-        if inside and 0.5 <= u <= 7.5 and 0.5 <= v <= 7.5:
-            assert lifted[0, 1, k, j, i].item() == pytest.approx(1.0, abs=1e-5)
+        assert lifted[0, 1, k, j, i].item() == pytest.approx(float(inside), abs=1e-5)   # full strength wherever valid
+        in_outer_ring += inside and not (0.5 <= u <= 7.5 and 0.5 <= v <= 7.5)
+    assert in_outer_ring > 5                                              # the case that zero padding got wrong
 
 
 def test_lifting_zeroes_voxels_behind_the_camera():
@@ -136,19 +140,19 @@ def test_lifting_zeroes_voxels_behind_the_camera():
 
 
 def test_lift_then_project_returns_each_pixels_feature():
-    cfg = replace(TINY, feat_size=8, grid_size=32, grid_scale=1.0, focal=40.0, cx=8.0, cy=8.0, depth_planes=16)
+    cfg = replace(TINY, grid_size=32, grid_scale=1.0, focal=20.0, cx=8.0, cy=8.0, depth_planes=16)
     pose = camera([0.0, -2.5, 0.5])
-    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)
-    uv = dv.pixel_centers(8, 8)
-    features = (uv / 8).permute(2, 0, 1)[None]                           # (1, 2, 8, 8): each pixel's (u, v)
+    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy)              # feat_size = img_size = 16
+    uv = dv.pixel_centers(16, 16)
+    features = (uv / 16).permute(2, 0, 1)[None]                          # (1, 2, 16, 16): each pixel's (u, v)
     lifted, _ = dv.lift(features, pose, K_feat, cfg)
     volume, _ = dv.project(lifted, pose, K_feat, cfg)                     # (1, 2, D, 8, 8)
     points, _ = dv.view_volume_points(pose, K_feat, cfg)
     inside = (dv.world_to_grid_coords(points, cfg).abs() < 0.8).all(-1)   # well inside the grid,
     inside[..., [0, -1], :] = inside[..., :, [0, -1]] = False             # away from the image border
-    expected = (uv / 8).expand(cfg.depth_planes, 8, 8, 2)
+    expected = (uv / 16).expand(cfg.depth_planes, 16, 16, 2)
     error = (volume[0].permute(1, 2, 3, 0) - expected)[inside[0]]
-    assert inside.sum() > 100 and error.abs().max() < 0.02
+    assert inside.sum() > 100 and error.abs().max() < 0.01                # a sixth of a pixel
 
 
 # ── 4. GRU integration ────────────────────────────────────────────────────────────────────
@@ -187,21 +191,21 @@ class FeatureMagnitude(nn.Module):
 
 
 def test_occlusion_of_an_opaque_slab_gives_its_analytic_depth():
-    cfg = replace(TINY, feat_size=8, grid_size=16, grid_scale=2.0, depth_planes=64, focal=16.0, cx=8.0, cy=8.0)
+    cfg = replace(TINY, grid_size=16, grid_scale=2.0, depth_planes=64, focal=16.0, cx=8.0, cy=8.0)
     grid = torch.zeros(1, 8, 16, 16, 16)
     grid[:, :, 4] = 1.0                          # an opaque slab: the voxel layer z index 4, world z = -0.4375
     pose = torch.eye(4)[None]
     pose[0, 2, 3] = -3.0                         # camera at z = -3 looking along +z: slab depth 2.5625
     occlusion = dv.OcclusionNet(cfg)
     occlusion.unet = FeatureMagnitude()
-    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)
+    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy)              # feat_size = img_size = 16
     volume, depths = dv.project(grid, pose, K_feat, cfg)
     features, weights, depth = occlusion(volume, depths)
-    assert torch.allclose(weights.sum(1), torch.ones(1, 8, 8), atol=1e-5)  # a distribution over depth
-    center = depth[0, 0, 2:6, 2:6]                                        # rays that cross the slab
+    assert torch.allclose(weights.sum(1), torch.ones(1, 16, 16), atol=1e-5)  # a distribution over depth
+    center = depth[0, 0, 4:12, 4:12]                                      # rays that cross the slab
     spacing = (depths[0, 1] - depths[0, 0]).item()
     assert (center - 2.5625).abs().max() < spacing / 2
-    assert torch.allclose(features[0, :, 2:6, 2:6], (weights[:, None] * volume).sum(2)[0, :, 2:6, 2:6])
+    assert torch.allclose(features[0, :, 4:12, 4:12], (weights[:, None] * volume).sum(2)[0, :, 4:12, 4:12])
 
 
 def test_view_volume_covers_the_grid():
