@@ -74,7 +74,7 @@ class Config:
         ratio = self.img_size // self.feat_size if self.feat_size > 0 else 0
         problems = [
             (ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
-             f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be a power of two: the encoder halves the image down to feat_size"),
+             f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be 1, 2, 4, 8...: the encoder halves the image down to feat_size"),
             (self.feat_size % 8 or self.feat_size < 16,
              f"feat_size ({self.feat_size}) must be a multiple of 8 and at least 16: the 2D U-Nets halve it 3 times down to at least 2x2"),
             (self.grid_size % 4 or self.grid_size < 8,
