@@ -834,16 +834,16 @@ def each_render_is_closest_to_its_own_image(model: dv.DeepVoxels, scene: dv.Scen
 
 
 def test_learning_only_correct_geometry_renders_each_view_closest_to_its_own_image(fitted, monkeypatch):
-    model, train_views, test_views = fitted
-    # A renderer that learned the mean image (the loss halves, too) cannot pass this: one image for every pose.
-    assert each_render_is_closest_to_its_own_image(model, train_views)
-    assert each_render_is_closest_to_its_own_image(model, test_views)    # held-out poses, between the training ones
+    model, _, test_views = fitted
+    # On held-out poses, between the training ones. A renderer that learned the mean image (its loss halves too)
+    # cannot pass: it gives one image for every pose. The smallest margin here is 0.02 (L1, images in [0, 1]).
+    assert each_render_is_closest_to_its_own_image(model, test_views)
     project = dv.project
     monkeypatch.setattr(dv, "project", lambda grid, poses, K, cfg: project(grid, poses[:1].expand(len(poses), -1, -1), K, cfg))
-    assert not each_render_is_closest_to_its_own_image(model, train_views)   # control: every view through one camera
+    assert not each_render_is_closest_to_its_own_image(model, test_views)    # control: every view through one camera
     mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))                   # control: camera x flipped (a mirror image)
     monkeypatch.setattr(dv, "project", lambda grid, poses, K, cfg: project(grid, poses @ mirror, K, cfg))
-    assert not each_render_is_closest_to_its_own_image(model, train_views)
+    assert not each_render_is_closest_to_its_own_image(model, test_views)
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 units")
@@ -854,8 +854,9 @@ def test_bf16_rendering_agrees_with_fp32(fitted):
         with dv.mixed_precision("cpu", "bf16"):
             bf16 = model.render(test_views.poses)
     assert bf16["rgb"].dtype == torch.bfloat16                            # it really ran in bf16
-    assert dv.psnr(bf16["rgb"].float(), fp32["rgb"].clamp(0, 1)).min() > 35   # within about 1.8% RMS of the range
-    assert (bf16["depth"] - fp32["depth"]).abs().max() < 0.02 * (fp32["depths"][:, -1] - fp32["depths"][:, 0]).min()
+    assert dv.psnr(bf16["rgb"].float(), fp32["rgb"].clamp(0, 1)).min() > 40   # within 1% RMS (measured: 50-52 dB)
+    depth_range = (fp32["depths"][:, -1] - fp32["depths"][:, 0]).min()
+    assert (bf16["depth"] - fp32["depth"]).abs().max() < 0.02 * depth_range  # 2% of near-far (measured: 0.5%)
 
 
 def test_evaluate_renders_in_eval_mode_and_restores_the_mode(cube):
@@ -907,7 +908,7 @@ def test_real_occlusion_net_with_its_depth_channel_finds_an_unseen_opaque_slab()
         optimizer.step()
     ramp = torch.linspace(-1, 1, 32).view(1, 32, 1, 1).expand(1, 32, 16, 16)
     assert seen[0].shape == (1, 9, 32, 16, 16) and torch.equal(seen[0][:, 8], ramp)   # C features + the depth channel
-    assert torch.equal(seen[0][:, :8], volume.new_tensor(slab(2)[0]))
+    assert torch.equal(seen[0][:, :8], slab(2)[0])                      # the first slab seen, unchanged
     occlusion.eval()
     with torch.no_grad():
         for layer in (3, 7, 12):
