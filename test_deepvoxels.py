@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -990,6 +991,8 @@ def test_non_finite_grid_or_weights_stop_in_one_line_and_keep_the_last_finite_ch
     with pytest.raises(train.Diverged) as error:                          # evaluated and saved after every step:
         train.main(["--data", str(cube), "--out", str(tmp_path), "--minutes", "0", "--iters", "6", "--eval_every", "1e-9", *TINY_FLAGS])
     assert str(error.value).startswith("step 4: ") and f"{tmp_path / 'ckpt.pt'} keeps step 3" in str(error.value)
+    # the grid is checked after every step, the weights (and the grid again) before every checkpoint
+    assert ("grid max nan" if poison == "grid" else "the weights or the grid are no longer finite") in str(error.value)
     assert "\n" not in str(error.value)
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert state["step"] == 3 and all(v.isfinite().all() for v in state["model"].values() if v.is_floating_point())
@@ -1012,18 +1015,22 @@ import sys, torch
 sys.path.insert(0, sys.argv[1])
 import deepvoxels as dv
 for i in range(1_000_000):
+    state = {"i": i, "weights": [torch.full((1000,), float(i)) for _ in range(2000)]}
     print(i, flush=True)
-    dv.save_checkpoint(sys.argv[2], {"i": i, "weights": torch.full((4_000_000,), float(i))})  # 16 MB each
+    dv.save_checkpoint(sys.argv[2], state)
 """
 
 
 def test_checkpoint_left_by_a_sigkill_mid_write_is_a_complete_save(tmp_path):
+    # 2000 small tensors: one save takes a few hundred ms, so the kill lands in the middle of writing one
     path = tmp_path / "ckpt.pt"
     process = subprocess.Popen([sys.executable, "-c", ENDLESS_SAVES, str(HERE), str(path)], stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
-        if int(line) == 4:                                                # the 5th save has just begun
+        if int(line) == 2:                                                # the 3rd save has just begun
+            time.sleep(0.02)
             process.kill()                                                # SIGKILL: no handler, no clean-up
             break
     process.wait(timeout=30)
     state = torch.load(path, weights_only=True)
-    assert state["i"] in (3, 4) and torch.equal(state["weights"], torch.full((4_000_000,), float(state["i"])))
+    assert state["i"] in (1, 2) and len(state["weights"]) == 2000
+    assert all(torch.equal(w, torch.full((1000,), float(state["i"]))) for w in state["weights"])
