@@ -574,8 +574,8 @@ def read_image(path: Path) -> np.ndarray:
     """An image as float32 (H, W, 3) in [0, 1], alpha composited on white."""
     try:
         image = iio.imread(path)
-    except Exception as e:  # imageio raises many types for unreadable files
-        raise DataError(f"{path}: cannot be read as an image ({e})") from None
+    except Exception as e:  # imageio raises many types for unreadable files, some with a message of several lines
+        raise DataError(f"{path}: cannot be read as an image ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
     image = image.astype(np.float32) / scale
     if image.ndim == 2:

@@ -780,6 +780,8 @@ def test_train_refuses_one_view_unwritable_output_and_bad_sizes_in_one_line(tmp_
     (lambda r: [p.unlink() for p in (r / "train" / "rgb").iterdir()], "rgb: no images found"),
     (lambda r: (r / "train" / "rgb" / "000001.png").write_bytes((r / "train" / "rgb" / "000001.png").read_bytes()[:200]),
      "000001.png: cannot be read as an image (image file is truncated)"),
+    (lambda r: (r / "train" / "rgb" / "000001.png").write_bytes(b"not a png"),   # imageio's message has several lines
+     "000001.png: cannot be read as an image (Could not find a backend"),
 ])
 def test_loader_refuses_nan_pose_zero_focal_empty_rgb_and_truncated_png_in_one_line(tmp_path, breakage, message):
     root = write_scene(tmp_path / "scene")
