@@ -262,7 +262,7 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
     neighbours = dv.view_neighbours(train.poses)                              # (V, min(4, V - 1))
     split = "train" if test is train else "test"
     if test is train:  # no held-out views: each view against its nearest *other* view (itself would score ~100 dB)
-        baseline_name, baseline_images = "nearest other view", train.images[neighbours[:, 0]]
+        baseline_name, baseline_images = "nearest-other-view baseline", train.images[neighbours[:, 0]]
         print("no test/ split: PSNR is measured on the training views; the baseline copies each one's nearest other view")
     else:
         baseline_name, baseline_images = "nearest-neighbour baseline", dv.nearest_view_baseline(train, test.poses)
