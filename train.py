@@ -117,8 +117,9 @@ def discriminator_step(disc: dv.PatchDiscriminator, optimizer: torch.optim.Optim
     optimizer.step()
 
 
-class Diverged(Exception):
-    """The loss, the grid or the weights stopped being finite; the message names the checkpoint that is kept."""
+class Diverged(dv.DataError):
+    """The loss, the grid or the weights stopped being finite; the message names the checkpoint that is kept.
+    A DataError, so that every command line that trains reports it in one line."""
 
 
 def sample_views(neighbours: torch.Tensor, generator: torch.Generator) -> tuple[int, int, int]:
@@ -314,7 +315,7 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (dv.DataError, Diverged) as e:
+    except dv.DataError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(130)
