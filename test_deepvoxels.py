@@ -922,17 +922,29 @@ def test_real_occlusion_net_with_its_depth_channel_finds_an_unseen_opaque_slab()
             assert torch.allclose(weights.sum(1), torch.ones(1, 16, 16), atol=1e-5)
 
 
+def denormals_flushed() -> bool:
+    """Whether the CPU flushes denormal floats to zero, read from Python's own arithmetic."""
+    tiny = float("1e-310")
+    return tiny * 1.0 == 0.0
+
+
 def test_train_main_in_process_leaves_signal_handlers_denormals_and_rng_as_it_found_them(cube, tmp_path):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    assert 1e-310 * 1.0 != 0.0                                           # denormals are not flushed here
-    torch.manual_seed(123)
-    rng = torch.get_rng_state()
-    train.main(["--data", str(cube), "--out", str(tmp_path), "--iters", "2", "--minutes", "0", *TINY_FLAGS])
-    with pytest.raises(dv.DataError):
-        train.main(["--data", str(cube), "--out", str(tmp_path), "--resume", "--grid_size", "12", *TINY_FLAGS[2:4]])
-    assert {s: signal.getsignal(s) for s in handlers} == handlers
-    assert 1e-310 * 1.0 != 0.0                                           # still not flushed
-    assert torch.equal(torch.get_rng_state(), rng)
+    outside = train.flush_denormal_enabled()                              # render.main, for one, turns flushing on
+    try:
+        for flushing in (False, True):
+            torch.set_flush_denormal(flushing)
+            assert denormals_flushed() == flushing
+            torch.manual_seed(123)
+            rng = torch.get_rng_state()
+            train.main(["--data", str(cube), "--out", str(tmp_path), "--iters", "2", "--minutes", "0", *TINY_FLAGS])
+            with pytest.raises(dv.DataError):                             # and when it fails
+                train.main(["--data", str(cube), "--out", str(tmp_path), "--resume", "--grid_size", "12", *TINY_FLAGS[2:4]])
+            assert {s: signal.getsignal(s) for s in handlers} == handlers
+            assert denormals_flushed() == flushing
+            assert torch.equal(torch.get_rng_state(), rng)
+    finally:
+        torch.set_flush_denormal(outside)
 
 
 def test_sigterm_mid_step_finishes_the_step_and_saves_a_checkpoint_that_resumes_exactly(cube, tmp_path, monkeypatch):
