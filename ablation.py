@@ -127,3 +127,5 @@ if __name__ == "__main__":
         main()
     except dv.DataError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # train.main saved the checkpoint first
+        sys.exit(130)

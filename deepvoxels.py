@@ -75,9 +75,22 @@ class Config:
     cy: float = 32.0
 
     def __post_init__(self):
-        if not (self.img_size % self.feat_size == 0 and self.feat_size % 8 == 0 and self.grid_size % 4 == 0 and self.grid_size >= 8):
-            raise DataError(f"sizes: img_size ({self.img_size}) must be a multiple of feat_size ({self.feat_size}), feat_size "
-                            f"of 8 and grid_size ({self.grid_size}) of 4, at least 8 (the U-Nets halve them, batch norm needs > 1 value)")
+        # A U-Net of L levels halves its input L times and doubles it back, so each size must divide by 2^L; at batch 1
+        # (the fused grid, one source view) batch norm needs more than one value per channel at the bottom.
+        # Levels: 3 on feat_size (the encoder's and the renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D (occlusion).
+        ratio = self.img_size // self.feat_size if self.feat_size > 0 else 0
+        problems = [
+            (ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
+             f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be 1, 2, 4, 8...: the encoder halves the image down to feat_size"),
+            (self.feat_size % 8 or self.feat_size < 16,
+             f"feat_size ({self.feat_size}) must be a multiple of 8 and at least 16: the 2D U-Nets halve it 3 times down to at least 2x2"),
+            (self.grid_size % 4 or self.grid_size < 8,
+             f"grid_size ({self.grid_size}) must be a multiple of 4 and at least 8: the inpainting U-Net halves it twice down to at least 2^3"),
+            (self.depth_planes % 4 or self.depth_planes < 4,
+             f"depth_planes ({self.depth_planes}) must be a multiple of 4: the occlusion U-Net halves it twice"),
+        ]
+        if any(bad for bad, _ in problems):
+            raise DataError("sizes: " + "; ".join(message for bad, message in problems if bad))
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -272,6 +285,9 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, 
 
     Returns the lifted volume (B, C, N, N, N) and the validity mask (B, 1, N, N, N): 1 where the
     voxel centre lies in front of the camera and inside the image, 0 (and a zero feature) elsewhere.
+    "Inside" is u in [0, w], v in [0, h]; between the outermost pixel centres and the image edge
+    (the outer half-pixel ring) border padding repeats the edge pixel, so every valid voxel gets a
+    full-strength feature (zero padding would fade it to 25-50% there).
     """
     B, _, h, w = features.shape
     centers = voxel_centers(cfg).to(features.device).expand(B, -1, -1, -1, -1)   # (B, N, N, N, 3)
@@ -280,7 +296,7 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, 
     sample_at = uv / torch.tensor([w, h], device=uv.device) * 2 - 1               # pixel -> [-1, 1]
     n = cfg.grid_size
     lifted = F.grid_sample(features, sample_at.reshape(B, n, n * n, 2), mode="bilinear",
-                           padding_mode="zeros", align_corners=False)              # (B, C, N, N*N)
+                           padding_mode="border", align_corners=False)             # (B, C, N, N*N)
     mask = inside[:, None].to(features.dtype)                                     # (B, 1, N, N, N)
     return lifted.reshape(B, -1, n, n, n) * mask, mask
 
@@ -459,7 +475,12 @@ def discriminator_loss(disc: PatchDiscriminator, real: torch.Tensor, fake: torch
 
 
 def generator_adversarial_loss(disc: PatchDiscriminator, fake: torch.Tensor) -> torch.Tensor:
-    """-log σ(D(fake)) for rendered images (B, 3, H, W); the discriminator is frozen: it gets no gradient."""
+    """-log σ(D(fake)) for rendered images (B, 3, H, W); the discriminator is frozen: it gets no gradient.
+
+    Its batch norm is not frozen: in train mode it normalises with the fakes' own statistics, as in the
+    discriminator's own step, and updates its running statistics, as pix2pix's generator step does.
+    Those are read only in eval mode, which training never uses.
+    """
     disc.requires_grad_(False)
     loss = F.softplus(-disc(fake)).mean()
     disc.requires_grad_(True)
@@ -524,7 +545,11 @@ class DeepVoxels(nn.Module):
         return {**fused, **self.render_grid(fused["grid"], target_poses)}
 
     def render(self, poses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU)."""
+        """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU).
+
+        Call model.eval() first, as train.evaluate and render.py do: in train mode batch norm
+        normalises with these poses' own statistics and updates its running statistics from them.
+        """
         return self.render_grid(self.grid, poses)
 
 
@@ -599,7 +624,8 @@ def read_pose(path: Path) -> np.ndarray:
     except ValueError:
         raise DataError(f"{path}: pose is not a list of numbers") from None
     if values.size != 16 or not np.isfinite(values).all():
-        raise DataError(f"{path}: pose must be 16 finite numbers (a 4x4 matrix), found {values.size}")
+        found = f"{values.size}" if values.size != 16 else f"{np.sum(~np.isfinite(values))} that are nan or inf"
+        raise DataError(f"{path}: pose must be 16 finite numbers (a 4x4 matrix), found {found}")
     pose = values.reshape(4, 4)
     if abs(np.linalg.det(pose)) < 1e-9:
         raise DataError(f"{path}: pose matrix is not invertible")
@@ -610,16 +636,17 @@ def read_image(path: Path) -> np.ndarray:
     """An image as float32 (H, W, 3) in [0, 1], alpha composited on white."""
     try:
         image = iio.imread(path)
-    except Exception as e:  # imageio raises many types for unreadable files
-        raise DataError(f"{path}: cannot be read as an image ({e})") from None
+    except Exception as e:  # imageio raises many types for unreadable files, some with a message of several lines
+        raise DataError(f"{path}: cannot be read as an image ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
-    image = image.astype(np.float32) / scale
+    image = image.astype(np.float32)
+    image /= scale                                                     # in place: a 4000 px image is 183 MiB
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[-1] in (2, 4):                                      # with alpha: composite on white
         color, alpha = image[..., :-1], image[..., -1:]
         image = color * alpha + (1 - alpha)
-    return np.broadcast_to(image, image.shape[:2] + (3,)).copy()
+    return image if image.shape[-1] == 3 else np.broadcast_to(image, image.shape[:2] + (3,)).copy()
 
 
 @dataclass
@@ -673,7 +700,7 @@ def load_split(root: str | Path, split: str, img_size: int, prefix: str = "") ->
     rgb_files = {p.stem: p for p in sorted((folder / "rgb").glob(prefix + "*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
     pose_files = {p.stem: p for p in sorted((folder / "pose").glob(prefix + "*.txt"))}
     if not rgb_files:
-        raise DataError(f"{folder / 'rgb'}: no images found" + (f" named {prefix}*" if prefix else ""))
+        raise DataError(f"{folder / 'rgb'}: no images found (PNG or JPEG)" + (f" named {prefix}*" if prefix else ""))
     for stem in rgb_files.keys() - pose_files.keys():
         raise DataError(f"{rgb_files[stem]}: image has no pose file {folder / 'pose' / (stem + '.txt')}")
     for stem in pose_files.keys() - rgb_files.keys():
@@ -1002,10 +1029,11 @@ def plot_setup(path: str | Path, train: Scene, test: Scene | None, cfg: Config, 
 
 
 def view_neighbours(poses: torch.Tensor, k: int = 4) -> torch.Tensor:
-    """(V, k) indices of each view's k nearest views by viewing direction, never the view itself."""
+    """(V, min(k, V - 1)) indices of each view's nearest views by viewing direction, nearest first, never
+    the view itself: with 4 views or fewer, every other view."""
     dirs = poses[:, :3, 2]
     similarity = dirs @ dirs.T - 3 * torch.eye(len(poses))                    # push self to the end
-    return similarity.topk(k, dim=1).indices
+    return similarity.topk(min(k, len(poses) - 1), dim=1).indices
 
 
 def nearest_view_baseline(train: Scene, poses: torch.Tensor) -> torch.Tensor:

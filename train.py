@@ -10,12 +10,15 @@ is lifted and fused into the persistent grid, both targets are rendered, and the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import resource
 import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,11 +78,13 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
 
 def evaluate(model: dv.DeepVoxels, scene: dv.Scene, device: str, precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
     """Mean PSNR of a scene's views rendered from the grid alone (as at test time), with the renders
-    (V, 3, H, W) and depth maps (V, 1, h, w); depth is None for the naive occlusion."""
+    (V, 3, H, W) and depth maps (V, 1, h, w); depth is None for the naive occlusion. The model renders
+    in eval mode and is left in the mode it was in."""
+    was_training = model.training
     model.eval()
     with torch.no_grad(), dv.mixed_precision(device, precision):
         outs = [model.render(poses.to(device)) for poses in scene.poses.split(8)]
-    model.train()
+    model.train(was_training)
     rgb = torch.cat([o["rgb"] for o in outs]).float().cpu()
     depth = None if outs[0]["depth"] is None else torch.cat([o["depth"] for o in outs]).float().cpu()
     return dv.psnr(rgb, scene.images).mean().item(), rgb, depth
@@ -115,9 +120,77 @@ def discriminator_step(disc: dv.PatchDiscriminator, optimizer: torch.optim.Optim
     optimizer.step()
 
 
+class Diverged(dv.DataError):
+    """The loss, the grid or the weights stopped being finite; the message names the checkpoint that is kept.
+    A DataError, so that every command line that trains reports it in one line."""
+
+
+def sample_views(neighbours: torch.Tensor, generator: torch.Generator) -> tuple[int, int, int]:
+    """One step's (source, target 1, target 2), as the authors drew them: target 1 a random training view, the
+    source one of its nearest views (its row of `view_neighbours` (V, k): never itself), target 2 any view."""
+    target1 = torch.randint(len(neighbours), (), generator=generator).item()
+    source = neighbours[target1, torch.randint(neighbours.shape[1], (), generator=generator)].item()
+    target2 = torch.randint(len(neighbours), (), generator=generator).item()
+    return source, target1, target2
+
+
+def training_step(model: dv.DeepVoxels, optimizer: torch.optim.Optimizer, disc: dv.PatchDiscriminator | None,
+                  disc_optimizer: torch.optim.Optimizer | None, images: torch.Tensor, poses: torch.Tensor,
+                  views: tuple[int, int, int], run: TrainConfig) -> float:
+    """Fuse the source view, render both targets, take an Adam step on the loss (then the discriminator's step);
+    returns the loss."""
+    source, target1, target2 = views
+    with dv.mixed_precision(run.device, run.precision):
+        pred = model(images[source:source + 1], poses[source:source + 1], poses[[target1, target2]])["rgb"]
+    pred, target = crop_border(pred.float(), run.crop), crop_border(images[[target1, target2]], run.crop)
+    loss = run.l1_weight * F.l1_loss(pred, target)
+    if disc is not None:
+        loss = loss + run.gan_weight * dv.generator_adversarial_loss(disc, pred)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if disc is not None:
+        discriminator_step(disc, disc_optimizer, target, pred)
+    return loss.item()
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Ctrl-C (SIGINT) and SIGTERM append to the yielded list, which the loop reads between steps, so that no step
+    stops halfway (say after fuse rebound the grid, before the weights moved); the previous handlers come back after."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():   # Python lets only the main thread set handlers
+        yield requested
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: requested.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def flush_denormal_enabled() -> bool:
+    """Whether denormal floats are flushed to zero now (torch has no getter): a denormal times 1 then reads 0."""
+    return (torch.tensor([1e-40]) * 1.0).item() == 0.0
+
+
 def main(argv=None) -> None:
+    """Train as the flags say (see --help). Importable: it never exits the interpreter, and leaves the signal
+    handlers, denormal flushing and torch's random state as it found them. Raises DataError on bad input, Diverged
+    when training stops being finite, KeyboardInterrupt (after saving) when Ctrl-C or SIGTERM stopped it."""
     run, sizes = parse_args(argv)
-    torch.set_flush_denormal(True)  # denormal floats in the grid otherwise double the step time
+    flushing = flush_denormal_enabled()
+    try:
+        with torch.random.fork_rng(devices=[] if torch.device(run.device).type == "cpu" else None):
+            torch.set_flush_denormal(True)  # denormal floats in the grid otherwise double the step time
+            fit(run, sizes)
+    finally:
+        torch.set_flush_denormal(flushing)
+
+
+def fit(run: TrainConfig, sizes: dv.Config) -> None:
+    """Load the scene, build or resume the model, train it, evaluate and checkpoint it as it goes."""
     data = Path(run.data)
     if not data.exists() and data.name in dv.SCENES:
         print(f"{data} does not exist: generating the synthetic scene '{data.name}' there (a few seconds)")
@@ -126,6 +199,8 @@ def main(argv=None) -> None:
         raise dv.DataError(f"{data}: no such data folder")
     train, held_out, _ = dv.load_scene(data, sizes.img_size)
     test = train if held_out is None else held_out
+    if len(train.names) < 2:
+        raise dv.DataError(f"{data}: training needs at least 2 views (a source and another target), found {len(train.names)}")
     center = None
     if run.grid_center:
         try:
@@ -136,7 +211,11 @@ def main(argv=None) -> None:
             raise dv.DataError(f"--grid_center: expected three numbers 'x y z', got {run.grid_center!r}")
     cfg = dv.scene_config(train, sizes, center, run.grid_scale or None)
     out = Path(run.out or Path("runs") / data.resolve().name)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()                           # fail now, not at the first checkpoint
+    except OSError as e:
+        raise dv.DataError(f"{out}: cannot write the output folder ({e.strerror})") from None
     ckpt_path = out / "ckpt.pt"
     warning = dv.grid_warning(train, cfg)
     if warning:
@@ -153,68 +232,77 @@ def main(argv=None) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=run.lr, fused=True)  # fused: one kernel, 5x faster than per-tensor
     disc = dv.PatchDiscriminator(cfg.unet_width).to(run.device) if run.gan_weight > 0 else None
     disc_optimizer = torch.optim.Adam(disc.parameters(), lr=run.lr, fused=True) if disc is not None else None
-    step, seconds, history = 0, 0.0, []
+    step, seconds, history, saved_step = 0, 0.0, [], None
     if run.resume:
         resumed, state = dv.load_checkpoint(ckpt_path, run.device)
         changed = [f"{k} {v} (now {getattr(cfg, k)})" for k, v in dataclasses.asdict(resumed.cfg).items() if getattr(cfg, k) != v]
         if changed:
             raise dv.DataError(f"{ckpt_path}: checkpoint was trained with another configuration: {', '.join(changed)}")
+        trained_gan_weight = state.get("train_config", {}).get("gan_weight", 0.0)
+        if trained_gan_weight != run.gan_weight:  # the discriminator would be dropped, or a fresh one added
+            raise dv.DataError(f"{ckpt_path}: checkpoint was trained with --gan_weight {trained_gan_weight} "
+                               f"(now {run.gan_weight}); resume with the same value")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if disc is not None and "discriminator" in state:
             disc.load_state_dict(state["discriminator"])
             disc_optimizer.load_state_dict(state["disc_optimizer"])
         step, seconds, history = state["step"], state["seconds"], state["history"]
+        saved_step = step
         torch.set_rng_state(state["torch_rng"])
         sampler.set_state(state["sampler_rng"])
         print(f"resumed {ckpt_path} at step {step}")
 
+    def kept() -> str:
+        return f"{ckpt_path} keeps step {saved_step}, the last finite state" if saved_step is not None else "no checkpoint was written"
+
     def checkpoint() -> None:
-        dv.save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
-            "train_config": dataclasses.asdict(run), "step": step, "seconds": seconds, "history": history,
-            "torch_rng": torch.get_rng_state(), "sampler_rng": sampler.get_state(),
-            **({"discriminator": disc.state_dict(), "disc_optimizer": disc_optimizer.state_dict()} if disc is not None else {})})
+        nonlocal saved_step
+        if not all(t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point()):
+            raise Diverged(f"step {step}: the weights or the grid are no longer finite (training diverged); {kept()}")
+        try:
+            dv.save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+                "train_config": dataclasses.asdict(run), "step": step, "seconds": seconds, "history": history,
+                "torch_rng": torch.get_rng_state(), "sampler_rng": sampler.get_state(),
+                **({"discriminator": disc.state_dict(), "disc_optimizer": disc_optimizer.state_dict()} if disc is not None else {})})
+        except OSError as e:
+            raise dv.DataError(f"{ckpt_path}: cannot write the checkpoint ({e.strerror})") from None
+        saved_step = step
 
     images, poses = train.images.to(run.device), train.poses.to(run.device)
-    neighbours = dv.view_neighbours(train.poses)                              # (V, 4)
-    baseline = dv.psnr(dv.nearest_view_baseline(train, test.poses), test.images).mean().item()
+    neighbours = dv.view_neighbours(train.poses)                              # (V, min(4, V - 1))
+    split = "train" if test is train else "test"
+    if test is train:  # no held-out views: each view against its nearest *other* view (itself would score ~100 dB)
+        baseline_name, baseline_images = "nearest-other-view baseline", train.images[neighbours[:, 0]]
+        print("no test/ split: PSNR is measured on the training views; the baseline copies each one's nearest other view")
+    else:
+        baseline_name, baseline_images = "nearest-neighbour baseline", dv.nearest_view_baseline(train, test.poses)
+    baseline = dv.psnr(baseline_images, test.images).mean().item()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{len(train.names)} training views, {len(test.names)} test views at {cfg.img_size}px; "
+    print(f"{len(train.names)} training views, {len(test.names) if test is not train else 'no'} test views at {cfg.img_size}px; "
           f"{n_params / 1e6:.2f}M parameters; grid {cfg.grid_size}^3 x {cfg.channels} "
           f"centred at {cfg.grid_center}, side {cfg.grid_scale:.3g}; device {run.device}")
-    print(f"nearest-neighbour baseline on the test views: {baseline:.2f} dB PSNR")
+    print(f"{baseline_name} on the {split} views: {baseline:.2f} dB PSNR")
     budget = run.minutes * 60 if run.minutes > 0 else math.inf
     next_eval = (seconds // run.eval_every + 1) * run.eval_every
     last_log, last_log_step, start = time.perf_counter(), step, time.perf_counter() - seconds
-    c = run.crop
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C
-    try:
-        while step < run.iters and seconds < budget:
-            target1 = torch.randint(len(images), (), generator=sampler).item()
-            source = neighbours[target1, torch.randint(4, (), generator=sampler)].item()
-            target2 = torch.randint(len(images), (), generator=sampler).item()
-            with dv.mixed_precision(run.device, run.precision):
-                pred = model(images[source:source + 1], poses[source:source + 1], poses[[target1, target2]])["rgb"]
-            pred, target = crop_border(pred.float(), c), crop_border(images[[target1, target2]], c)
-            loss = run.l1_weight * F.l1_loss(pred, target)
-            if disc is not None:
-                loss = loss + run.gan_weight * dv.generator_adversarial_loss(disc, pred)
+    with stop_requests() as stop:
+        while step < run.iters and seconds < budget and not stop:
             set_learning_rate(optimizer, run, progress=max(step / run.iters, seconds / budget))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if disc is not None:
-                discriminator_step(disc, disc_optimizer, target, pred)
+            loss = training_step(model, optimizer, disc, disc_optimizer, images, poses, sample_views(neighbours, sampler), run)
+            if not (math.isfinite(loss) and model.grid.isfinite().all()):
+                raise Diverged(f"step {step + 1}: loss {loss:.4g}, grid max {model.grid.abs().max().item():.3g}: "
+                               f"training diverged (try a lower --lr); {kept()}")
             step += 1
             seconds = time.perf_counter() - start
             if seconds >= next_eval or step == run.iters or seconds >= budget:
                 eval_start = time.perf_counter()
-                test_psnr, rgb, depth = evaluate(model, test, run.device, run.precision)
-                history.append({"step": step, "minutes": round(seconds / 60, 3), "test_psnr": round(test_psnr, 3)})
+                psnr, rgb, depth = evaluate(model, test, run.device, run.precision)
+                history.append({"step": step, "minutes": round(seconds / 60, 3), "test_psnr": round(psnr, 3)})
+                checkpoint()
                 save_preview(out / "preview.png", test, rgb, depth)
                 (out / "history.json").write_text(json.dumps(history, indent=1))
-                checkpoint()
                 next_eval += run.eval_every
                 start += time.perf_counter() - eval_start  # evaluation time does not count as training
             now = time.perf_counter()
@@ -222,17 +310,17 @@ def main(argv=None) -> None:
                 ms = 1000 * (now - last_log) / max(step - last_log_step, 1)
                 left = max(0.0, min(budget - seconds, (run.iters - step) * ms / 1000))
                 held_out = f"{history[-1]['test_psnr']:.2f} dB" if history else "-"
-                print(f"step {step:6d} | loss {loss.item():.4f} | test PSNR {held_out} | {ms:5.0f} ms/step | "
+                print(f"step {step:6d} | loss {loss:.4f} | {split} PSNR {held_out} | {ms:5.0f} ms/step | "
                       f"grid max {model.grid.abs().max().item():.3g} | {left / 60:4.1f} min left", flush=True)
                 last_log, last_log_step = now, step
-    except KeyboardInterrupt:
-        checkpoint()
-        print(f"interrupted: saved step {step} to {ckpt_path}; continue with the same command and --resume")
-        sys.exit(130)
     checkpoint()
+    if stop:
+        print(f"interrupted: saved step {step} to {ckpt_path}; continue with the same command and --resume")
+        raise KeyboardInterrupt
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
-    print(f"done: step {step}, {seconds / 60:.1f} min, test PSNR {history[-1]['test_psnr']:.2f} dB "
-          f"(nearest-neighbour baseline {baseline:.2f} dB); peak memory {peak_mb:.0f} MB; checkpoint {ckpt_path}")
+    final = f"{history[-1]['test_psnr']:.2f} dB" if history else "-"
+    print(f"done: step {step}, {seconds / 60:.1f} min, {split} PSNR {final} ({baseline_name} {baseline:.2f} dB); "
+          f"peak memory {peak_mb:.0f} MB; checkpoint {ckpt_path}")
 
 
 if __name__ == "__main__":
@@ -240,3 +328,5 @@ if __name__ == "__main__":
         main()
     except dv.DataError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
