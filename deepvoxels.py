@@ -59,7 +59,7 @@ class Config:
     feat_size: int = field(default=32, metadata={"help": "h = w of the 2D feature maps used for lifting and projection"})
     grid_size: int = field(default=16, metadata={"help": "N voxels per grid side (the authors: 32); the largest cost, lower it first"})
     channels: int = field(default=16, metadata={"help": "C features per voxel (the authors: 64)"})
-    depth_planes: int = field(default=16, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N; ours N, 1.5x faster steps)"})
+    depth_planes: int = field(default=32, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N)"})
     unet_width: int = field(default=32, metadata={"help": "base width of the 2D feature-extraction and rendering U-Nets"})
     occlusion_width: int = field(default=8, metadata={"help": "base width of the occlusion network's 3D U-Net"})
     occlusion: str = field(default="softmax", metadata={"help": "softmax: the paper's visibility softmax over depth; naive: its Fig. 5 ablation "
