@@ -155,9 +155,10 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0,
     return pose
 
 
-def orbit_poses(center: tuple[float, float, float], radius: float, n: int, elevation: float = 20.0) -> torch.Tensor:
-    """(n, 4, 4) cameras evenly spaced on a circle at `elevation` degrees around `center`, world z up."""
-    azimuth = np.linspace(0, 2 * np.pi, n, endpoint=False)
+def orbit_poses(center: tuple[float, float, float], radius: float, n: int, elevation: float = 20.0, azimuth0: float = 0.0) -> torch.Tensor:
+    """(n, 4, 4) cameras evenly spaced on a circle at `elevation` degrees around `center`, world z up,
+    the first at azimuth `azimuth0` degrees (from +x towards +y), all looking at the centre."""
+    azimuth = np.radians(azimuth0) + np.linspace(0, 2 * np.pi, n, endpoint=False)
     el = np.radians(elevation)
     eyes = np.stack([np.cos(el) * np.cos(azimuth), np.cos(el) * np.sin(azimuth), np.full(n, np.sin(el))], 1)
     return torch.from_numpy(np.stack([look_at(np.asarray(center) + radius * e, np.asarray(center)) for e in eyes])).float()
@@ -578,6 +579,10 @@ class Intrinsics:
     size: tuple[int, int] | None = None  # (H, W) the focal lengths and principal point refer to
     focal_y: float = 0.0        # fy in pixels; 0 means fy = fx
 
+    def matrix(self) -> torch.Tensor:
+        """The 3x3 pinhole matrix K."""
+        return intrinsics_matrix(self.focal, self.cx, self.cy, focal_y=self.focal_y)
+
 
 def read_text(path: Path) -> str:
     """A text file's contents; a DataError naming the file if it cannot be read."""
@@ -942,8 +947,7 @@ def grid_box_mask(scene: Scene, center, side: float) -> torch.Tensor:
     """(V, H, W): True where a pixel's ray meets the axis-aligned cube (center, side), i.e. inside the
     cube's projection into each view (slab test: the ray is inside all three slabs at once)."""
     V, _, H, W = scene.images.shape
-    K = intrinsics_matrix(scene.intrinsics.focal, scene.intrinsics.cx, scene.intrinsics.cy, focal_y=scene.intrinsics.focal_y)
-    origins, dirs = pixel_to_ray(pixel_centers(H, W).reshape(-1, 2), K, scene.poses)    # (V, 1, 3), (V, P, 3)
+    origins, dirs = pixel_to_ray(pixel_centers(H, W).reshape(-1, 2), scene.intrinsics.matrix(), scene.poses)    # (V, 1, 3), (V, P, 3)
     dirs = torch.where(dirs == 0, torch.full_like(dirs, 1e-12), dirs)          # a ray parallel to a slab: no 0 / 0
     lo, hi = torch.tensor(center) - side / 2, torch.tensor(center) + side / 2
     t0, t1 = (lo - origins) / dirs, (hi - origins) / dirs                     # (V, P, 3) where the ray crosses each slab
@@ -974,17 +978,18 @@ def grid_warning(scene: Scene, cfg: Config) -> str | None:
         outside = (object_pixels & ~box).flatten(1).sum(1) > 0.005 * object_pixels.flatten(1).sum(1)
         return int(outside.sum())
 
-    if views_outside(1.0) == 0 and views_outside(0.5) > 0:                       # fits, and not loosely: quiet
+    outside_now = views_outside(1.0)
+    if outside_now == 0 and views_outside(0.5) > 0:                              # fits, and not loosely: quiet
         return None
     factors = [2 ** (k / 8) for k in range(-24, 17)]                              # 0.125 ... 4
     enclosing = next((f for f in factors if views_outside(f) == 0), None)
     where = f"the grid (side {cfg.grid_scale:.3g}, centre {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)})"
     checked = int(uniform.sum())
     if enclosing is None:
-        return (f"warning: the object leaves {where} in {views_outside(1.0)} of {checked} training views, even at 4x the "
+        return (f"warning: the object leaves {where} in {outside_now} of {checked} training views, even at 4x the "
                 f"side: check --grid_center and the camera convention (cameras.png)")
     if enclosing > 1:
-        return (f"warning: the object leaves {where} in {views_outside(1.0)} of {checked} training views; "
+        return (f"warning: the object leaves {where} in {outside_now} of {checked} training views; "
                 f"--grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} would enclose it with a 10% margin (see cameras.png)")
     if enclosing <= 0.5:
         return (f"warning: {where} is {1 / enclosing:.1f}x larger than the object needs in the training views, so the "
@@ -1018,8 +1023,7 @@ def plot_setup(path: str | Path, train: Scene, test: Scene | None, cfg: Config, 
     image = fig.add_subplot(1, 2, 2)
     H, W = train.images.shape[-2:]
     image.imshow(train.images[view].permute(1, 2, 0).numpy(), extent=(0, W, H, 0))   # pixel centres at j + 0.5
-    K = intrinsics_matrix(train.intrinsics.focal, train.intrinsics.cx, train.intrinsics.cy, focal_y=train.intrinsics.focal_y)
-    uv, z = camera_to_pixel(world_to_camera(corners[None], train.poses[view:view + 1]), K)           # (1, 8, 2), (1, 8)
+    uv, z = camera_to_pixel(world_to_camera(corners[None], train.poses[view:view + 1]), train.intrinsics.matrix())           # (1, 8, 2), (1, 8)
     for a, b in edges:
         if z[0, a] > 0 and z[0, b] > 0:
             image.plot(*uv[0, [a, b]].T.numpy(), color="red", lw=1)

@@ -152,9 +152,7 @@ CLICK_PIXELS = 3         # a press and release closer than this (screen pixels) 
 
 def camera_pose(center, radius: float, azimuth: float, elevation: float) -> torch.Tensor:
     """(1, 4, 4) pose at `radius` from `center`, at azimuth and elevation in degrees (world z up), looking at it."""
-    az, el = np.radians(azimuth), np.radians(elevation)
-    eye = np.asarray(center) + radius * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-    return torch.from_numpy(dv.look_at(eye, np.asarray(center, dtype=float))).float()[None]
+    return dv.orbit_poses(center, radius, 1, elevation, azimuth0=azimuth)
 
 
 def find_models(args: argparse.Namespace) -> tuple[dict[str, dv.DeepVoxels], dict]:
