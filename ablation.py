@@ -25,6 +25,7 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure  # no pyplot: no global backend
 
 import deepvoxels as dv
 import train as trainer
@@ -96,9 +97,10 @@ def main(argv=None) -> None:
                           "--minutes", str(args.minutes), "--occlusion", kind, *train_flags])
 
     print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) | gap (dB) |\n|---|---|---|---|---|---|---|")
-    columns = []
+    columns, histories = [], {}
     for kind in kinds:
         model, state = dv.load_checkpoint(out / kind / "ckpt.pt")
+        histories[kind] = state["history"]
         train_views, test, _ = dv.load_scene(args.data, model.cfg.img_size)
         test = train_views if test is None else test
         train_psnr, _, _ = trainer.evaluate(model, train_views, "cpu", "fp32")
@@ -120,6 +122,24 @@ def main(argv=None) -> None:
     picture = picture.permute(0, 2, 3, 1).reshape(-1, picture.shape[-1], 3)        # rows stacked vertically
     iio.imwrite(out / "ablation.png", (picture.numpy() * 255).round().astype("uint8"))
     print(f"\nheld-out views {rows.tolist()}: target | softmax | naive | softmax depth -> {out / 'ablation.png'}")
+    plot_curves(out / "ablation-curves.png", histories, baseline.item())
+    print(f"training and held-out PSNR over the runs -> {out / 'ablation-curves.png'}")
+
+
+def plot_curves(path: Path, histories: dict[str, list[dict]], baseline: float) -> None:
+    """PSNR against step of each model: held-out views solid, training views dashed (where train.py logged them)."""
+    figure = Figure(figsize=(6.4, 4))
+    axes = figure.subplots()
+    for (kind, history), color in zip(histories.items(), ("tab:blue", "tab:red")):
+        steps = [h["step"] for h in history]
+        axes.plot(steps, [h["test_psnr"] for h in history], color=color, label=f"{kind}: held-out views")
+        if all("train_psnr" in h for h in history):
+            axes.plot(steps, [h["train_psnr"] for h in history], "--", color=color, label=f"{kind}: training views")
+    axes.axhline(baseline, color="gray", lw=1, label="nearest training view (held-out)")
+    axes.set(xlabel="step", ylabel="PSNR (dB)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

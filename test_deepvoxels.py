@@ -1074,6 +1074,23 @@ def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_view
     assert torch.equal(train_views.images[k], dv.load_split(cube, "train", 16).images[int(name[5:])])
 
 
+def test_ablation_runs_both_models_and_logs_the_training_views_psnr_beside_the_held_out_one(cube, tmp_path, capsys):
+    import ablation
+
+    ablation.main(["--data", str(cube), "--out", str(tmp_path), "--iters", "2", "--minutes", "0", "--eval_every", "1e-9",
+                   "--precision", "fp32", *TINY_FLAGS])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| softmax", "| naive"))]
+    assert len(table) == 2 and (tmp_path / "ablation.png").exists() and (tmp_path / "ablation-curves.png").exists()
+    train_views = dv.load_split(cube, "train", 16)
+    watched = torch.linspace(0, len(train_views.names) - 1, 8).round().long()          # the 8 views train.py scores
+    for kind in ("softmax", "naive"):
+        model, state = dv.load_checkpoint(tmp_path / kind / "ckpt.pt")
+        assert [h["step"] for h in state["history"]] == [1, 2]
+        with torch.no_grad():
+            rgb = model.eval().render(train_views.poses[watched])["rgb"]          # the saved step, scored again
+        assert state["history"][-1]["train_psnr"] == pytest.approx(dv.psnr(rgb, train_views.images[watched]).mean().item(), abs=2e-3)
+
+
 def test_handout_keeps_the_todo_cells_and_checks_and_runs_with_every_exercise_unanswered(monkeypatch, tmp_path):
     import nbformat
     from nbclient import NotebookClient
