@@ -2,6 +2,11 @@
 and in bf16 mixed precision, median of repeated runs, and one rendered view. Prints markdown tables
 for the README; --profile adds the operators that cost the most (torch.profiler).
 
+Each stage's arithmetic (GFLOP of its convolutions and matrix products, torch.utils.flop_counter) is
+divided by its fp32 time and compared with this machine's 2048 x 2048 fp32 matmul rate: the share
+of the matmul rate a stage reaches says whether it is bound by arithmetic or by something else, and
+the step time on another CPU is about the same share of that CPU's matmul rate.
+
     python benchmark.py                   # the default model sizes, on the CPU
     python benchmark.py --profile fp32    # ... and the 15 costliest operators of an fp32 training step
     python benchmark.py --grid_size 32 --channels 32 --device cuda
@@ -14,6 +19,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import deepvoxels as dv
 import train
@@ -32,9 +38,17 @@ def median_ms(fn, device: str, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int, profile: bool = False) -> dict[str, tuple[float, float]]:
-    """{stage: (forward ms, forward+backward ms)} for one training step's inputs (1 source, 2 targets), and the
-    time of one view rendered from a cached inpainted grid; with `profile`, print the costliest operators."""
+def matmul_gflops(device: str, repeats: int) -> float:
+    """This machine's fp32 rate on a 2048 x 2048 matrix product, in GFLOP/s: a yardstick for the stages."""
+    a, b = torch.randn(2, 2048, 2048, device=device).unbind()
+    return 2 * 2048 ** 3 / median_ms(lambda: a @ b, device, repeats) / 1e6
+
+
+def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int,
+                  profile: bool = False) -> dict[str, tuple[float, float, float]]:
+    """{stage: (forward ms, forward+backward ms, forward+backward GFLOP)} for one training step's inputs
+    (1 source, 2 targets), and the time of one view rendered from a cached inpainted grid (with its
+    forward GFLOP in the third place); with `profile`, print the costliest operators."""
     torch.manual_seed(0)
     model = dv.DeepVoxels(cfg).to(device)
     image = torch.rand(1, 3, cfg.img_size, cfg.img_size, device=device)
@@ -68,15 +82,21 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int, pro
         loss.backward()
         optimizer.step()
 
+    def gflop(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() / 1e9
+
     model.eval()
     with torch.no_grad(), dv.mixed_precision(device, precision):
         inpainted = model.inpainting(model.grid)                            # once: it depends on no view
         render_ms = median_ms(lambda: model.render_inpainted(inpainted, targets[:1]), device, repeats)
+        render_gflop = gflop(lambda: model.render_inpainted(inpainted, targets[:1]))
     model.train()
     results = {}
     for name, forward in stages.items():
         if forward is None:
-            results[name] = (float("nan"), median_ms(whole_step, device, repeats))
+            results[name] = (float("nan"), median_ms(whole_step, device, repeats), gflop(whole_step))
             continue
 
         def fwd(forward=forward):
@@ -86,8 +106,8 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int, pro
         def fwd_bwd():
             fwd().float().square().mean().backward()
 
-        results[name] = (median_ms(fwd, device, repeats), median_ms(fwd_bwd, device, repeats))
-    results["one rendered view (test time)"] = (render_ms, float("nan"))
+        results[name] = (median_ms(fwd, device, repeats), median_ms(fwd_bwd, device, repeats), gflop(fwd_bwd))
+    results["one rendered view (test time)"] = (render_ms, float("nan"), render_gflop)
     if profile:
         with torch.profiler.profile() as prof:
             for _ in range(repeats):
@@ -110,16 +130,18 @@ def main(argv=None) -> None:
                        "cy": sizes.img_size / 2, "grid_scale": 1.25})
     fp32 = stage_timings(cfg, run_flags.device, "fp32", run_flags.repeats, run_flags.profile == "fp32")
     bf16 = stage_timings(cfg, run_flags.device, "bf16", run_flags.repeats, run_flags.profile == "bf16")
+    matmul = matmul_gflops(run_flags.device, run_flags.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {run_flags.device}, median of "
           f"{run_flags.repeats} runs; image {cfg.img_size}, features {cfg.feat_size}, grid {cfg.grid_size}^3 x {cfg.channels}, D {cfg.depth_planes}")
-    print("| stage | fp32 forward ms | fp32 fwd+bwd ms | bf16 forward ms | bf16 fwd+bwd ms | bf16 speed-up |")
-    print("|---|---|---|---|---|---|")
+    print(f"fp32 2048 x 2048 matmul: {matmul:.0f} GFLOP/s")
+    print("| stage | fp32 forward ms | fp32 fwd+bwd ms | bf16 forward ms | bf16 fwd+bwd ms | bf16 speed-up | GFLOP | fp32 share of matmul rate |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in fp32:
-        (f32, f32b), (b16, b16b) = fp32[name], bf16[name]
+        (f32, f32b, work), (b16, b16b, _) = fp32[name], bf16[name]
         cells = [f"{t:.1f}" if t == t else "" for t in (f32, f32b, b16, b16b)]           # t != t: not measured (nan)
         speedup = f32b / b16b if f32b == f32b else f32 / b16
-        print(f"| {name} | {' | '.join(cells)} | {speedup:.2f}x |")
-
+        seconds = (f32b if f32b == f32b else f32) / 1000
+        print(f"| {name} | {' | '.join(cells)} | {speedup:.2f}x | {work:.2f} | {work / seconds / matmul:.0%} |")
 
 if __name__ == "__main__":
     main()
