@@ -10,8 +10,12 @@ A missing --data folder named two_cubes is generated: two cubes that hide each o
 --holdout half tests novel views far from the training ones (the paper's "fits the training views,
 fails at novel ones"): the scene's views, train and test split together, are split by azimuth around
 the grid centre (world z up); both models train on one half and are tested on the views of the other
-half whose viewing direction is at least --margin degrees from every training view's. The split is
-written to <out>/scene.
+half whose viewing direction is at least --margin degrees from every training view's. Surfaces on
+the far side of the objects are then never seen in training.
+
+--holdout sparse keeps every surface seen and the held-out cameras still far: both models train on
+--views training views as far apart as they can be (by viewing direction) and are tested on the
+scene's test split, whose views lie between them. Either split is written to <out>/scene.
 """
 
 from __future__ import annotations
@@ -31,33 +35,64 @@ import deepvoxels as dv
 import train as trainer
 
 
+def read_views(data: Path, splits: tuple[str, ...]) -> tuple[list[tuple[str, Path]], np.ndarray]:
+    """The (split, pose file) of every view of data/<split> for the given splits, and their (V, 4, 4) poses;
+    all splits must share one camera."""
+    camera = dv.read_intrinsics(data / "train" / "intrinsics.txt")
+    views = []
+    for split in splits:
+        if (data / split / "pose").is_dir():
+            if dv.read_intrinsics(data / split / "intrinsics.txt") != camera:
+                raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from {data / 'train' / 'intrinsics.txt'}; "
+                                   "--holdout half and sparse need one camera for all views")
+            views += [(split, f) for f in sorted((data / split / "pose").glob("*.txt"))]
+    return views, np.stack([dv.read_pose(f) for _, f in views])
+
+
+def write_views(data: Path, dest: Path, halves: dict[str, list[tuple[str, Path]]]) -> Path:
+    """Copy the views of each entry of halves ({"train": views, "test": views}) to dest/<entry>, the file names
+    prefixed by the split they came from; returns dest."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for half, views in halves.items():
+        (dest / half / "rgb").mkdir(parents=True)
+        (dest / half / "pose").mkdir()
+        shutil.copy(data / "train" / "intrinsics.txt", dest / half / "intrinsics.txt")
+        for split, pose_file in views:
+            images = list((data / split / "rgb").glob(pose_file.stem + ".*"))
+            if images:
+                shutil.copy(images[0], dest / half / "rgb" / f"{split}{images[0].name}")
+                shutil.copy(pose_file, dest / half / "pose" / f"{split}{pose_file.name}")
+    return dest
+
+
 def split_by_azimuth(data: Path, dest: Path, margin: float) -> Path:
     """Write the views of data/{train,test} whose camera azimuth around the grid centre is in [0, 180) degrees
     as dest/train, and those of the other half whose viewing direction is at least `margin` degrees from
     every training view's as dest/test; returns dest."""
-    camera = dv.read_intrinsics(data / "train" / "intrinsics.txt")
-    views = []                                                               # (split, pose file, pose)
-    for split in ("train", "test"):
-        if (data / split / "pose").is_dir():
-            if dv.read_intrinsics(data / split / "intrinsics.txt") != camera:
-                raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from {data / 'train' / 'intrinsics.txt'}; "
-                                   "--holdout half needs one camera for all views")
-            views += [(split, f, dv.read_pose(f)) for f in sorted((data / split / "pose").glob("*.txt"))]
-    eyes = np.stack([pose[:3, 3] for _, _, pose in views]) - np.array(camera.grid_center or (0.0, 0.0, 0.0))
+    views, poses = read_views(data, ("train", "test"))
+    center = dv.read_intrinsics(data / "train" / "intrinsics.txt").grid_center or (0.0, 0.0, 0.0)
+    eyes = poses[:, :3, 3] - np.array(center)
     first_half = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0])) % 360 < 180
-    directions = np.stack([pose[:3, 2] for _, _, pose in views])
+    directions = poses[:, :3, 2]
     closest = np.degrees(np.arccos(np.clip(directions @ directions[first_half].T, -1, 1))).min(axis=1)
-    shutil.rmtree(dest, ignore_errors=True)
-    for half, keep in (("train", first_half), ("test", ~first_half & (closest >= margin))):
-        (dest / half / "rgb").mkdir(parents=True)
-        (dest / half / "pose").mkdir()
-        shutil.copy(data / "train" / "intrinsics.txt", dest / half / "intrinsics.txt")
-        for (split, pose_file, _), kept in zip(views, keep):
-            images = list((data / split / "rgb").glob(pose_file.stem + ".*"))
-            if kept and images:
-                shutil.copy(images[0], dest / half / "rgb" / f"{split}{images[0].name}")
-                shutil.copy(pose_file, dest / half / "pose" / f"{split}{pose_file.name}")
-    return dest
+    held_out = ~first_half & (closest >= margin)
+    return write_views(data, dest, {"train": [v for v, keep in zip(views, first_half) if keep],
+                                    "test": [v for v, keep in zip(views, held_out) if keep]})
+
+
+def split_sparse(data: Path, dest: Path, n_views: int) -> Path:
+    """Write n_views of data/train as dest/train, chosen far apart: each next one the view whose direction is
+    farthest from those already chosen (starting from the first); data/test as dest/test; returns dest."""
+    views, poses = read_views(data, ("train",))
+    tests, _ = read_views(data, ("test",))
+    if not tests:
+        raise dv.DataError(f"{data / 'test'}: --holdout sparse tests on the scene's test split, which is missing")
+    directions = poses[:, :3, 2]
+    chosen, nearest_cosine = [0], directions @ directions[0]                 # cosine to the closest chosen view
+    while len(chosen) < min(n_views, len(views)):
+        chosen.append(int(np.argmin(nearest_cosine)))
+        nearest_cosine = np.maximum(nearest_cosine, directions @ directions[chosen[-1]])
+    return write_views(data, dest, {"train": [views[k] for k in sorted(chosen)], "test": tests})
 
 
 def angle_to_training(train: dv.Scene, held_out: dv.Scene) -> torch.Tensor:
@@ -71,16 +106,18 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default="./cube", help="scene folder, any layout train.py reads (default: ./cube)")
     parser.add_argument("--iters", type=int, default=1000, help="training steps of each model (default: 1000)")
     parser.add_argument("--minutes", type=float, default=0.0, help="training time of each model, if it ends before --iters (default: 0, no limit)")
-    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>, -half added for --holdout half)")
+    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>, -half or -sparse added for those hold-outs)")
     parser.add_argument("--compare_only", action="store_true", help="skip training: compare the checkpoints already in --out")
     parser.add_argument("--rows", type=int, default=6, help="held-out views in the picture, evenly spaced (default: 6)")
-    parser.add_argument("--holdout", default="test", choices=("test", "half"),
+    parser.add_argument("--holdout", default="test", choices=("test", "half", "sparse"),
                         help="test: the scene's test split; half: train on one azimuth half of all views, test on the "
-                             "other half, far from every training view (default: test)")
+                             "other half, far from every training view; sparse: train on --views views far apart, "
+                             "test on the test split (default: test)")
     parser.add_argument("--margin", type=float, default=30.0,
                         help="--holdout half: the least angle in degrees between a held-out viewing direction and every training one (default: 30)")
+    parser.add_argument("--views", type=int, default=16, help="--holdout sparse: training views kept (default: 16)")
     args, train_flags = parser.parse_known_args(argv)
-    suffix = "-half" if args.holdout == "half" else ""
+    suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
     if not Path(args.data).exists() and Path(args.data).name in dv.SCENES:
         print(f"{args.data} does not exist: generating the synthetic scene '{Path(args.data).name}' there (a few seconds)")
@@ -89,6 +126,8 @@ def main(argv=None) -> None:
         raise dv.DataError(f"{args.data}: no such data folder")
     if args.holdout == "half":
         args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin))
+    if args.holdout == "sparse":
+        args.data = str(split_sparse(Path(args.data), out / "scene", args.views))
     kinds = ("softmax", "naive")
     if not args.compare_only:
         for kind in kinds:

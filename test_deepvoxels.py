@@ -1074,6 +1074,23 @@ def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_view
     assert torch.equal(train_views.images[k], dv.load_split(cube, "train", 16).images[int(name[5:])])
 
 
+def test_ablation_holdout_sparse_keeps_views_far_apart_and_the_whole_test_split(cube, tmp_path):
+    import ablation
+
+    scene = ablation.split_sparse(cube, tmp_path / "sparse", n_views=5)
+    kept, every = dv.load_split(scene, "train", 16), dv.load_split(cube, "train", 16)
+    assert len(kept.names) == 5 and all(name.startswith("train") for name in kept.names)
+    order = [int(name[5:11]) for name in kept.names]
+    assert order[0] == 0 and torch.equal(kept.images, every.images[order])
+    angle = lambda a, b: np.degrees(np.arccos(np.clip(float(every.poses[a, :3, 2] @ every.poses[b, :3, 2]), -1, 1)))
+    chosen = [0]                                                          # the greedy rule, by hand: each next view is the
+    for _ in range(4):                                                    # one farthest from its closest chosen view
+        chosen.append(max((v for v in range(len(every.names)) if v not in chosen), key=lambda v: min(angle(v, c) for c in chosen)))
+    assert sorted(chosen) == order
+    test, original = dv.load_split(scene, "test", 16), dv.load_split(cube, "test", 16)
+    assert torch.equal(test.images, original.images) and torch.equal(test.poses, original.poses)
+
+
 def test_ablation_runs_both_models_and_logs_the_training_views_psnr_beside_the_held_out_one(cube, tmp_path, capsys):
     import ablation
 
