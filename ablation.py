@@ -135,13 +135,13 @@ def main(argv=None) -> None:
             trainer.main(["--data", args.data, "--out", str(out / kind), "--iters", str(args.iters),
                           "--minutes", str(args.minutes), "--occlusion", kind, *train_flags])
 
+    models = {kind: dv.load_checkpoint(out / kind / "ckpt.pt") for kind in kinds}
+    train_views, test, _ = dv.load_scene(args.data, models["softmax"][0].cfg.img_size)   # both share the sizes
+    test = train_views if test is None else test
     print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) | gap (dB) |\n|---|---|---|---|---|---|---|")
     columns, histories = [], {}
-    for kind in kinds:
-        model, state = dv.load_checkpoint(out / kind / "ckpt.pt")
+    for kind, (model, state) in models.items():
         histories[kind] = state["history"]
-        train_views, test, _ = dv.load_scene(args.data, model.cfg.img_size)
-        test = train_views if test is None else test
         train_psnr, _, _ = trainer.evaluate(model, train_views, "cpu", "fp32")
         test_psnr, test_rgb, depth = trainer.evaluate(model, test, "cpu", "fp32")
         n_params = sum(p.numel() for p in model.parameters())
@@ -171,9 +171,9 @@ def plot_curves(path: Path, histories: dict[str, list[dict]], baseline: float) -
     axes = figure.subplots()
     for (kind, history), color in zip(histories.items(), ("tab:blue", "tab:red")):
         steps = [h["step"] for h in history]
-        axes.plot(steps, [h["test_psnr"] for h in history], color=color, label=f"{kind}: held-out views")
+        axes.plot(steps, [h["test_psnr"] for h in history], ".-", color=color, label=f"{kind}: held-out views")
         if all("train_psnr" in h for h in history):
-            axes.plot(steps, [h["train_psnr"] for h in history], "--", color=color, label=f"{kind}: training views")
+            axes.plot(steps, [h["train_psnr"] for h in history], ".--", color=color, label=f"{kind}: training views")
     axes.axhline(baseline, color="gray", lw=1, label="nearest training view (held-out)")
     axes.set(xlabel="step", ylabel="PSNR (dB)")
     axes.legend(fontsize=8)
