@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
     if not Path(args.data).exists() and Path(args.data).name in dv.SCENES:
-        print(f"{args.data} does not exist: generating the synthetic scene '{Path(args.data).name}' there (a few seconds)")
+        print(f"{Path(args.data)} does not exist: generating the synthetic scene '{Path(args.data).name}' there (a few seconds)")
         dv.make_scene(args.data, Path(args.data).name)
     if not Path(args.data).is_dir():
         raise dv.DataError(f"{args.data}: no such data folder")

@@ -315,7 +315,7 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
                 left = max(0.0, min(budget - seconds, (run.iters - step) * ms / 1000))
                 held_out = f"{history[-1]['test_psnr']:.2f} dB" if history else "-"
                 print(f"step {step:6d} | loss {loss:.4f} | {split} PSNR {held_out} | {ms:5.0f} ms/step | "
-                      f"grid max {model.grid.abs().max().item():.3g} | {left / 60:4.1f} min left", flush=True)
+                      f"grid max {model.grid.abs().max().item():#.3g} | {left / 60:4.1f} min left", flush=True)
                 last_log, last_log_step = now, step
     checkpoint()
     if stop:
