@@ -46,7 +46,7 @@ def read_views(data: Path, splits: tuple[str, ...]) -> tuple[list[tuple[str, Pat
                 raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from {data / 'train' / 'intrinsics.txt'}; "
                                    "--holdout half and sparse need one camera for all views")
             views += [(split, f) for f in sorted((data / split / "pose").glob("*.txt"))]
-    return views, np.stack([dv.read_pose(f) for _, f in views])
+    return views, np.stack([dv.read_pose(f) for _, f in views]) if views else np.zeros((0, 4, 4))
 
 
 def write_views(data: Path, dest: Path, halves: dict[str, list[tuple[str, Path]]]) -> Path:

@@ -144,5 +144,6 @@ def main(argv=None) -> None:
         share = f"{work / seconds / matmul:.0%}" if work > 0 else ""                         # grid_sample: no FLOPs counted
         print(f"| {name} | {' | '.join(cells)} | {speedup:.2f}x | {work:.2f} | {share} |")
 
+
 if __name__ == "__main__":
     main()

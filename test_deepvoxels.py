@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -1089,6 +1090,9 @@ def test_ablation_holdout_sparse_keeps_views_far_apart_and_the_whole_test_split(
     assert sorted(chosen) == order
     test, original = dv.load_split(scene, "test", 16), dv.load_split(cube, "test", 16)
     assert torch.equal(test.images, original.images) and torch.equal(test.poses, original.poses)
+    shutil.copytree(cube / "train", tmp_path / "no_test" / "train")
+    with pytest.raises(dv.DataError, match="no_test/test: --holdout sparse tests on the scene's test split, which is missing"):
+        ablation.split_sparse(tmp_path / "no_test", tmp_path / "out", n_views=5)
 
 
 def test_ablation_runs_both_models_and_logs_the_training_views_psnr_beside_the_held_out_one(cube, tmp_path, capsys):
