@@ -195,13 +195,19 @@ def view_depth_range(cam2world: torch.Tensor, cfg: Config) -> tuple[torch.Tensor
     return near, torch.maximum(z_center + radius, near + 0.1 * radius)
 
 
+def resolve_precision(device: str, precision: str = "auto") -> str:
+    """"bf16" or "fp32": auto means bf16 where it pays off (a GPU, or a CPU with bf16 units), fp32 otherwise."""
+    kind = torch.device(device).type
+    if precision == "auto":
+        return "bf16" if kind == "cuda" or (kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()) else "fp32"
+    return precision
+
+
 def mixed_precision(device: str, precision: str = "auto") -> torch.autocast:
     """bf16 autocast where it pays off (a GPU, or a CPU with bf16 units: 2x faster steps here),
     plain fp32 otherwise. `precision` is "auto", "bf16" or "fp32"."""
-    kind = torch.device(device).type
-    if precision == "auto":
-        precision = "bf16" if kind == "cuda" or (kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()) else "fp32"
-    return torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=precision == "bf16")
+    enabled = resolve_precision(device, precision) == "bf16"
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────

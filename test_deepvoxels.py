@@ -1301,6 +1301,17 @@ def test_learning_only_correct_geometry_renders_each_view_closest_to_its_own_ima
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 units")
+def test_precision_auto_means_bf16_on_a_gpu_and_fp32_or_bf16_on_a_cpu_by_its_units(monkeypatch):
+    assert [dv.resolve_precision("cpu", p) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    assert dv.resolve_precision("cuda", "auto") == "bf16"
+    for has_units, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: has_units)
+        assert dv.resolve_precision("cpu", "auto") == expected
+        assert torch.is_autocast_enabled("cpu") is False
+        with dv.mixed_precision("cpu", "auto"):
+            assert torch.is_autocast_enabled("cpu") is has_units
+
+
 def test_bf16_rendering_agrees_with_fp32(fitted):
     model, _, test_views = fitted
     with torch.no_grad():

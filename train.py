@@ -284,7 +284,7 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{len(train.names)} training views, {len(test.names) if test is not train else 'no'} test views at {cfg.img_size}px; "
           f"{n_params / 1e6:.2f}M parameters; grid {cfg.grid_size}^3 x {cfg.channels} "
-          f"centred at {cfg.grid_center}, side {cfg.grid_scale:.3g}; device {run.device}")
+          f"centred at {cfg.grid_center}, side {cfg.grid_scale:.3g}; device {run.device}, {dv.resolve_precision(run.device, run.precision)}")
     print(f"{baseline_name} on the {split} views: {baseline:.2f} dB PSNR")
     budget = run.minutes * 60 if run.minutes > 0 else math.inf
     next_eval = (seconds // run.eval_every + 1) * run.eval_every
