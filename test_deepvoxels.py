@@ -1301,6 +1301,12 @@ def test_learning_only_correct_geometry_renders_each_view_closest_to_its_own_ima
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 units")
+def test_gpu_peak_memory_is_reported_only_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1536 * 2 ** 20)
+    assert train.gpu_memory("cuda") == ", peak GPU memory 1536 MB" and train.gpu_memory("cuda:0").endswith("1536 MB")
+    assert train.gpu_memory("cpu") == ""
+
+
 def test_precision_auto_means_bf16_on_a_gpu_and_fp32_or_bf16_on_a_cpu_by_its_units(monkeypatch):
     assert [dv.resolve_precision("cpu", p) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
     assert dv.resolve_precision("cuda", "auto") == "bf16"

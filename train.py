@@ -324,7 +324,14 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
     final = f"{history[-1]['test_psnr']:.2f} dB" if history else "-"
     print(f"done: step {step}, {seconds / 60:.1f} min, {split} PSNR {final} ({baseline_name} {baseline:.2f} dB); "
-          f"peak memory {peak_mb:.0f} MB; checkpoint {ckpt_path}")
+          f"peak memory {peak_mb:.0f} MB{gpu_memory(run.device)}; checkpoint {ckpt_path}")
+
+
+def gpu_memory(device: str) -> str:
+    """", peak GPU memory N MB" on a CUDA device (what the run's tensors held at most), else ""."""
+    if torch.device(device).type != "cuda":
+        return ""
+    return f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 20:.0f} MB"
 
 
 if __name__ == "__main__":
