@@ -90,8 +90,10 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int,
     model.eval()
     with torch.no_grad(), dv.mixed_precision(device, precision):
         inpainted = model.inpainting(model.grid)                            # once: it depends on no view
-        render_ms = median_ms(lambda: model.render_inpainted(inpainted, targets[:1]), device, repeats)
-        render_gflop = gflop(lambda: model.render_inpainted(inpainted, targets[:1]))
+        def render_one():
+            return model.render_inpainted(inpainted, targets[:1])
+
+        render_ms, render_gflop = median_ms(render_one, device, repeats), gflop(render_one)
     model.train()
     results = {}
     for name, forward in stages.items():

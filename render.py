@@ -391,8 +391,9 @@ def main(argv=None) -> dict | Viewer | None:
     out = Path(args.out or ckpt.parent / "render")
     check_writable(out)
     size = args.size or cfg.img_size
+    precision = dv.resolve_precision(args.device, args.precision)                 # what auto chose, for the log and metrics.json
     print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; {len(test.names)} {split} "
-          f"views of {data} at {cfg.img_size}px; device {args.device}, {dv.resolve_precision(args.device, args.precision)}")
+          f"views of {data} at {cfg.img_size}px; device {args.device}, {precision}")
 
     # 1. The orbit (or --poses), RGB | depth per frame.
     if path is None:
@@ -409,7 +410,7 @@ def main(argv=None) -> dict | Viewer | None:
               "baseline_psnr": dv.psnr(nearest, test.images), "baseline_ssim": dv.ssim(nearest, test.images)}
     ms = 1000 * statistics.median((seconds + test_seconds)[1:])   # the first view warms up
     report = {"checkpoint": str(ckpt), "step": state["step"], "data": str(data), "split": split, "img_size": cfg.img_size,
-              "device": args.device, "precision": dv.resolve_precision(args.device, args.precision), "render_ms": round(ms, 2), "fps": round(1000 / ms, 1),
+              "device": args.device, "precision": precision, "render_ms": round(ms, 2), "fps": round(1000 / ms, 1),
               "mean": {k: round(v.mean().item(), 4) for k, v in scores.items()},
               "views": [{"name": name, **{k: round(v[i].item(), 4) for k, v in scores.items()}} for i, name in enumerate(test.names)]}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))

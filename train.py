@@ -280,7 +280,8 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
         baseline_name, baseline_images = "nearest-neighbour baseline", dv.nearest_view_baseline(train, test.poses)
     baseline = dv.psnr(baseline_images, test.images).mean().item()
     watched = torch.linspace(0, len(train.names) - 1, min(8, len(train.names))).round().long()  # training views scored at each evaluation
-    train_watch = dv.Scene(train.images[watched], train.poses[watched], train.intrinsics, [train.names[i] for i in watched])
+    train_watch = None if test is train else dv.Scene(train.images[watched], train.poses[watched], train.intrinsics,
+                                                        [train.names[i] for i in watched])
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{len(train.names)} training views, {len(test.names) if test is not train else 'no'} test views at {cfg.img_size}px; "
           f"{n_params / 1e6:.2f}M parameters; grid {cfg.grid_size}^3 x {cfg.channels} "
@@ -302,7 +303,7 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
                 eval_start = time.perf_counter()
                 psnr, rgb, depth = evaluate(model, test, run.device, run.precision)
                 history.append({"step": step, "minutes": round(seconds / 60, 3), "test_psnr": round(psnr, 3)})
-                if test is not train:  # the gap between the two shows when the model fits its views but not novel ones
+                if train_watch is not None:  # the gap between the two shows when the model fits its views but not novel ones
                     history[-1]["train_psnr"] = round(evaluate(model, train_watch, run.device, run.precision)[0], 3)
                 checkpoint()
                 save_preview(out / "preview.png", test, rgb, depth)
