@@ -32,21 +32,22 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure  # no pyplot: no global backend
 
 import deepvoxels as dv
+import scenes
 import train as trainer
 
 
 def read_views(data: Path, splits: tuple[str, ...]) -> tuple[list[tuple[str, Path]], np.ndarray]:
     """The (split, pose file) of every view of data/<split> for the given splits, and their (V, 4, 4) poses;
     all splits must share one camera."""
-    camera = dv.read_intrinsics(data / "train" / "intrinsics.txt")
+    camera = scenes.read_intrinsics(data / "train" / "intrinsics.txt")
     views = []
     for split in splits:
         if (data / split / "pose").is_dir():
-            if dv.read_intrinsics(data / split / "intrinsics.txt") != camera:
+            if scenes.read_intrinsics(data / split / "intrinsics.txt") != camera:
                 raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from {data / 'train' / 'intrinsics.txt'}; "
                                    "--holdout half and sparse need one camera for all views")
             views += [(split, f) for f in sorted((data / split / "pose").glob("*.txt"))]
-    return views, np.stack([dv.read_pose(f) for _, f in views]) if views else np.zeros((0, 4, 4))
+    return views, np.stack([scenes.read_pose(f) for _, f in views]) if views else np.zeros((0, 4, 4))
 
 
 def write_views(data: Path, dest: Path, halves: dict[str, list[tuple[str, Path]]]) -> Path:
@@ -70,7 +71,7 @@ def split_by_azimuth(data: Path, dest: Path, margin: float) -> Path:
     as dest/train, and those of the other half whose viewing direction is at least `margin` degrees from
     every training view's as dest/test; returns dest."""
     views, poses = read_views(data, ("train", "test"))
-    center = dv.read_intrinsics(data / "train" / "intrinsics.txt").grid_center or (0.0, 0.0, 0.0)
+    center = scenes.read_intrinsics(data / "train" / "intrinsics.txt").grid_center or (0.0, 0.0, 0.0)
     eyes = poses[:, :3, 3] - np.array(center)
     first_half = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0])) % 360 < 180
     directions = poses[:, :3, 2]
@@ -95,7 +96,7 @@ def split_sparse(data: Path, dest: Path, n_views: int) -> Path:
     return write_views(data, dest, {"train": [views[k] for k in sorted(chosen)], "test": tests})
 
 
-def angle_to_training(train: dv.Scene, held_out: dv.Scene) -> torch.Tensor:
+def angle_to_training(train: scenes.Scene, held_out: scenes.Scene) -> torch.Tensor:
     """(V,) angle in degrees between each held-out viewing direction and the closest training one."""
     cosine = (held_out.poses[:, :3, 2] @ train.poses[:, :3, 2].T).amax(dim=1).clamp(-1, 1)
     return torch.rad2deg(torch.arccos(cosine))
@@ -119,9 +120,9 @@ def main(argv=None) -> None:
     args, train_flags = parser.parse_known_args(argv)
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
-    if not Path(args.data).exists() and Path(args.data).name in dv.SCENES:
+    if not Path(args.data).exists() and Path(args.data).name in scenes.SCENES:
         print(f"{Path(args.data)} does not exist: generating the synthetic scene '{Path(args.data).name}' there (a few seconds)")
-        dv.make_scene(args.data, Path(args.data).name)
+        scenes.make_scene(args.data, Path(args.data).name)
     if not Path(args.data).is_dir():
         raise dv.DataError(f"{args.data}: no such data folder")
     if args.holdout == "half":
@@ -136,7 +137,7 @@ def main(argv=None) -> None:
                           "--minutes", str(args.minutes), "--occlusion", kind, *train_flags])
 
     models = {kind: dv.load_checkpoint(out / kind / "ckpt.pt") for kind in kinds}
-    train_views, test, _ = dv.load_scene(args.data, models["softmax"][0].cfg.img_size)   # both share the sizes
+    train_views, test, _ = scenes.load_scene(args.data, models["softmax"][0].cfg.img_size)   # both share the sizes
     test = train_views if test is None else test
     print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) | gap (dB) |\n|---|---|---|---|---|---|---|")
     columns, histories = [], {}
@@ -149,8 +150,8 @@ def main(argv=None) -> None:
               f"| {train_psnr - test_psnr:.2f} |")
         columns.append(test_rgb.clamp(0, 1))
         if depth is not None:
-            depth_column = dv.colorize_depth(depth, test_rgb.shape[-1])
-    baseline = dv.psnr(dv.nearest_view_baseline(train_views, test.poses), test.images).mean()
+            depth_column = scenes.colorize_depth(depth, test_rgb.shape[-1])
+    baseline = dv.psnr(scenes.nearest_view_baseline(train_views, test.poses), test.images).mean()
     print(f"| nearest training view | - | - | - | - | {baseline:.2f} | - |")
     angles = angle_to_training(train_views, test)
     print(f"{len(train_views.names)} training views; each of the {len(test.names)} held-out views is {angles.min():.0f} to "

@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import deepvoxels as dv
+import scenes
 import train
 
 
@@ -52,8 +53,8 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int,
     torch.manual_seed(0)
     model = dv.DeepVoxels(cfg).to(device)
     image = torch.rand(1, 3, cfg.img_size, cfg.img_size, device=device)
-    source = torch.from_numpy(dv.look_at(torch.tensor([0.0, -2.5, 0.8]).numpy(), torch.zeros(3).numpy())).float()[None].to(device)
-    targets = dv.orbit_poses(cfg.grid_center, 2.5, 2).to(device)
+    source = torch.from_numpy(scenes.look_at(torch.tensor([0.0, -2.5, 0.8]).numpy(), torch.zeros(3).numpy())).float()[None].to(device)
+    targets = scenes.orbit_poses(cfg.grid_center, 2.5, 2).to(device)
     n, C, h = cfg.grid_size, cfg.channels, cfg.feat_size
 
     def leaf(*shape):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import deepvoxels as dv
+import scenes
 
 VIDEO_FPS = 12   # playback speed of the orbit: 36 frames make a 3-second turn
 SHEET_VIEWS = 4  # test views on sheet.png, spread over the test split
@@ -78,7 +79,7 @@ def read_poses(folder: Path) -> torch.Tensor:
     files = sorted(folder.glob("*.txt"))
     if not files:
         raise dv.DataError(f"{folder}: no pose .txt files found" if folder.is_dir() else f"{folder}: no such poses folder")
-    return torch.from_numpy(np.stack([dv.read_pose(f) for f in files])).float()
+    return torch.from_numpy(np.stack([scenes.read_pose(f) for f in files])).float()
 
 
 def check_writable(out: Path) -> None:
@@ -90,10 +91,10 @@ def check_writable(out: Path) -> None:
         raise dv.DataError(f"{out}: cannot write the output folder ({e.strerror or e})") from None
 
 
-def orbit(train: dv.Scene, cfg: dv.Config, frames: int, elevation: float) -> torch.Tensor:
+def orbit(train: scenes.Scene, cfg: dv.Config, frames: int, elevation: float) -> torch.Tensor:
     """(frames, 4, 4) poses circling the grid centre at the training cameras' mean distance from it."""
     radius = (train.poses[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
-    return dv.orbit_poses(cfg.grid_center, radius, frames, elevation)
+    return scenes.orbit_poses(cfg.grid_center, radius, frames, elevation)
 
 
 def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
@@ -115,7 +116,7 @@ def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precisi
 
 def depth_images(depth: torch.Tensor | None, n: int, size: int, depth_range=None) -> torch.Tensor:
     """Depth maps (n, 1, h, w) as viridis images (n, 3, size, size); plain grey for a model without depth."""
-    return torch.full((n, 3, size, size), 0.5) if depth is None else dv.colorize_depth(depth, size, depth_range)
+    return torch.full((n, 3, size, size), 0.5) if depth is None else scenes.colorize_depth(depth, size, depth_range)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -152,7 +153,7 @@ CLICK_PIXELS = 3         # a press and release closer than this (screen pixels) 
 
 def camera_pose(center, radius: float, azimuth: float, elevation: float) -> torch.Tensor:
     """(1, 4, 4) pose at `radius` from `center`, at azimuth and elevation in degrees (world z up), looking at it."""
-    return dv.orbit_poses(center, radius, 1, elevation, azimuth0=azimuth)
+    return scenes.orbit_poses(center, radius, 1, elevation, azimuth0=azimuth)
 
 
 def find_models(args: argparse.Namespace) -> tuple[dict[str, dv.DeepVoxels], dict]:
@@ -311,7 +312,7 @@ def architecture(model: dv.DeepVoxels, targets: int = 2) -> dict:
     """{"arrows": ARROWS with the shape each tensor has in a real training forward pass of `model` (one random
     source view, `targets` target views on a circle around the grid), "parameters": {block: count}}."""
     cfg = model.cfg
-    poses = dv.orbit_poses(cfg.grid_center, 2.5 * cfg.grid_scale, targets + 1)
+    poses = scenes.orbit_poses(cfg.grid_center, 2.5 * cfg.grid_scale, targets + 1)
     source = torch.rand(1, 3, cfg.img_size, cfg.img_size)
     with torch.no_grad():
         out = model.eval()(source, poses[:1], poses[1:])
@@ -385,7 +386,7 @@ def main(argv=None) -> dict | Viewer | None:
     data = Path(args.data or state["train_config"]["data"])
     if not data.is_dir():
         raise dv.DataError(f"{data}: no such data folder (pass --data)")
-    train, test, _ = dv.load_scene(data, cfg.img_size)
+    train, test, _ = scenes.load_scene(data, cfg.img_size)
     split, test = ("train", train) if test is None else ("test", test)
     path = read_poses(Path(args.poses)) if args.poses else None
     out = Path(args.out or ckpt.parent / "render")
@@ -405,7 +406,7 @@ def main(argv=None) -> dict | Viewer | None:
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
     pred, pred_depth, test_seconds = render_views(model, test.poses, args.device, args.precision)
-    nearest = dv.nearest_view_baseline(train, test.poses)
+    nearest = scenes.nearest_view_baseline(train, test.poses)
     scores = {"psnr": dv.psnr(pred, test.images), "ssim": dv.ssim(pred, test.images),
               "baseline_psnr": dv.psnr(nearest, test.images), "baseline_ssim": dv.ssim(nearest, test.images)}
     ms = 1000 * statistics.median((seconds + test_seconds)[1:])   # the first view warms up

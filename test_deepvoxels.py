@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torch.nn as nn
 
 import deepvoxels as dv
+import scenes
 import render
 import train
 
@@ -34,13 +35,13 @@ TINY_FLAGS = ["--img_size", "16", "--feat_size", "16", "--grid_size", "8", "--ch
 def cube(tmp_path_factory) -> Path:
     """A small synthetic cube scene on disk (12 training and 4 test views at 32 px)."""
     root = tmp_path_factory.mktemp("data") / "cube"
-    dv.make_scene(root, n_train=12, n_test=4, size=32)
+    scenes.make_scene(root, n_train=12, n_test=4, size=32)
     return root
 
 
 def camera(eye, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
     """(1, 4, 4) OpenCV pose looking at target."""
-    return torch.from_numpy(dv.look_at(np.array(eye, float), np.array(target, float))).float()[None]
+    return torch.from_numpy(scenes.look_at(np.array(eye, float), np.array(target, float))).float()[None]
 
 
 # ── 1. Cameras ──────────────────────────────────────────────────────────────────────────────
@@ -258,8 +259,8 @@ def test_render_uses_only_the_grid():
 
 def test_short_overfit_lowers_the_loss(cube):
     torch.manual_seed(0)
-    scene = dv.load_split(cube, "train", 16)
-    model = dv.DeepVoxels(dv.scene_config(scene, TINY))
+    scene = scenes.load_split(cube, "train", 16)
+    model = dv.DeepVoxels(scenes.scene_config(scene, TINY))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     images, poses = scene.images[:3], scene.poses[:3]
     losses = []
@@ -277,11 +278,11 @@ def test_short_overfit_lowers_the_loss(cube):
 # ── 10. Data ──────────────────────────────────────────────────────────────────────────────
 
 def test_cube_is_deterministic_and_opaque_where_expected(cube, tmp_path):
-    dv.make_scene(tmp_path / "again", n_train=12, n_test=4, size=32)
+    scenes.make_scene(tmp_path / "again", n_train=12, n_test=4, size=32)
     for name in ("train/rgb/000003.png", "test/pose/000001.txt", "train/intrinsics.txt"):
         assert (cube / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
-    pose = dv.look_at(np.array([2.5, 0, 0]), np.zeros(3))
-    image = dv.render_boxes(pose, 32.0, 32, dv.SCENES["cube"].boxes)
+    pose = scenes.look_at(np.array([2.5, 0, 0]), np.zeros(3))
+    image = scenes.render_boxes(pose, 32.0, 32, scenes.SCENES["cube"].boxes)
     # The cube's +x face spans |y|, |z| <= 0.5 at distance 2: pixels within 32 * 0.5/2 = 8 of the centre.
     assert (image[9:23, 9:23] < 0.99).any(-1).all() and np.allclose(image[:5], 1.0) and np.allclose(image[27:], 1.0)
 
@@ -290,7 +291,7 @@ def test_loader_reads_both_pose_layouts_alpha_and_rescales_intrinsics(tmp_path):
     folder = tmp_path / "scene" / "train"
     (folder / "rgb").mkdir(parents=True)
     (folder / "pose").mkdir()
-    pose = dv.look_at(np.array([0.0, -2.0, 1.0]), np.zeros(3))
+    pose = scenes.look_at(np.array([0.0, -2.0, 1.0]), np.zeros(3))
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[..., 0] = 255
     rgba[8:, :, 3] = 255                                                   # top quarter transparent
@@ -299,7 +300,7 @@ def test_loader_reads_both_pose_layouts_alpha_and_rescales_intrinsics(tmp_path):
     np.savetxt(folder / "pose" / "000000.txt", pose)                      # 4 rows
     np.savetxt(folder / "pose" / "000001.txt", pose.reshape(1, 16))       # one row of 16
     (folder / "intrinsics.txt").write_text("40 16 16 0\n0 0 0\n0\n1.5\n32 32\n1\n")
-    scene = dv.load_split(tmp_path / "scene", "train", 16)
+    scene = scenes.load_split(tmp_path / "scene", "train", 16)
     assert torch.allclose(scene.poses[0], scene.poses[1]) and torch.allclose(scene.poses[0].double(), torch.from_numpy(pose), atol=1e-6)
     assert (scene.intrinsics.focal, scene.intrinsics.cx, scene.intrinsics.grid_scale) == (20.0, 8.0, 1.5)
     assert torch.allclose(scene.images[0, :, 0], torch.tensor([1.0, 1.0, 1.0])[:, None])   # white where transparent
@@ -307,25 +308,25 @@ def test_loader_reads_both_pose_layouts_alpha_and_rescales_intrinsics(tmp_path):
 
 
 def test_scene_config_estimates_the_grid_when_the_file_does_not_say(cube):
-    scene = dv.load_split(cube, "train", 16)
+    scene = scenes.load_split(cube, "train", 16)
     scene.intrinsics = replace(scene.intrinsics, grid_center=None, grid_scale=None)
-    cfg = dv.scene_config(scene, TINY)
+    cfg = scenes.scene_config(scene, TINY)
     assert np.allclose(cfg.grid_center, 0, atol=1e-4) and 1.0 < cfg.grid_scale < 2.5   # contains the unit cube
-    assert dv.scene_config(scene, TINY, grid_center=(1, 2, 3), grid_scale=4.0).grid_center == (1, 2, 3)
+    assert scenes.scene_config(scene, TINY, grid_center=(1, 2, 3), grid_scale=4.0).grid_center == (1, 2, 3)
 
 
 def test_view_neighbours_and_nearest_view_baseline():
     poses = torch.cat([camera([2.0, 0, 0]), camera([0, 2.0, 0]), camera([1.9, 0.3, 0]), camera([-2.0, 0, 0])])
-    neighbours = dv.view_neighbours(poses, k=2)
+    neighbours = scenes.view_neighbours(poses, k=2)
     assert neighbours[0].tolist() == [2, 1] and (neighbours != torch.arange(4)[:, None]).all()
-    train_scene = dv.Scene(torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2), poses, dv.Intrinsics(1, 1, 1), list("abcd"))
-    copied = dv.nearest_view_baseline(train_scene, torch.cat([camera([-1.5, 0.2, 0.1]), camera([0.1, 3.0, 0])]))
+    train_scene = scenes.Scene(torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2), poses, scenes.Intrinsics(1, 1, 1), list("abcd"))
+    copied = scenes.nearest_view_baseline(train_scene, torch.cat([camera([-1.5, 0.2, 0.1]), camera([0.1, 3.0, 0])]))
     assert copied[:, 0, 0, 0].tolist() == [3.0, 1.0]
 
 
 def write_scene(root: Path, n: int = 2) -> Path:
     """A minimal valid scene to break in the tests below."""
-    dv.make_scene(root, n_train=n, n_test=1, size=16)
+    scenes.make_scene(root, n_train=n, n_test=1, size=16)
     return root
 
 
@@ -345,7 +346,7 @@ def test_loader_refuses_bad_input_with_one_clear_line(tmp_path, breakage, messag
     root = write_scene(tmp_path / "scene")
     breakage(root)
     with pytest.raises(dv.DataError, match=message.replace(".", r"\.")):
-        dv.load_split(root, "train", 16)
+        scenes.load_split(root, "train", 16)
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
@@ -421,8 +422,8 @@ SMALL_FLAGS = ["--img_size", "32", "--feat_size", "16", "--grid_size", "8", "--c
 
 def test_naive_occlusion_trains_and_renders(cube, tmp_path):
     torch.manual_seed(0)
-    scene = dv.load_split(cube, "train", 32)
-    model = dv.DeepVoxels(dv.scene_config(scene, replace(SMALL, occlusion="naive")))
+    scene = scenes.load_split(cube, "train", 32)
+    model = dv.DeepVoxels(scenes.scene_config(scene, replace(SMALL, occlusion="naive")))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
     for step in range(40):
@@ -522,18 +523,18 @@ def test_recipe_flags_round_trip_through_the_checkpoint_and_resume_restores_the_
 
 
 def test_two_cubes_scene_shows_the_nearer_cube():
-    far, near = dv.SCENES["two_cubes"].boxes
+    far, near = scenes.SCENES["two_cubes"].boxes
     axis = np.subtract(near.center, far.center)
-    pose = dv.look_at(3 * axis / np.linalg.norm(axis), np.zeros(3))                   # both centres on the optical axis
-    both, alone_near, alone_far = (dv.render_boxes(pose, 40.0, 24, boxes) for boxes in ((far, near), (near,), (far,)))
+    pose = scenes.look_at(3 * axis / np.linalg.norm(axis), np.zeros(3))                   # both centres on the optical axis
+    both, alone_near, alone_far = (scenes.render_boxes(pose, 40.0, 24, boxes) for boxes in ((far, near), (near,), (far,)))
     assert np.array_equal(both[10:14, 10:14], alone_near[10:14, 10:14])          # the nearer cube hides the other
     assert not np.allclose(alone_near[10:14, 10:14], alone_far[10:14, 10:14])
 
 
 def test_blocks_scene_is_harder_small_finely_textured_and_self_occluding(tmp_path):
-    spec = dv.SCENES["blocks"]
-    dv.make_scene(tmp_path, "blocks", n_train=20, n_test=2, size=48)
-    train = dv.load_split(tmp_path, "train", 48)
+    spec = scenes.SCENES["blocks"]
+    scenes.make_scene(tmp_path, "blocks", n_train=20, n_test=2, size=48)
+    train = scenes.load_split(tmp_path, "train", 48)
     assert (train.poses[:, 2, 3] < 0).sum() >= 8                                  # cameras below the equator too
     foreground = (train.images < 0.99).any(1)                                     # (V, H, W): not the white background
     for occupied in (foreground.any(2), foreground.any(1)):                       # (V, 48): rows, then columns
@@ -541,14 +542,14 @@ def test_blocks_scene_is_harder_small_finely_textured_and_self_occluding(tmp_pat
         assert occupied.any(1).all() and (last - first + 1).max() <= 24          # objects fill at most half the frame
     assert min(box.cells for box in spec.boxes) >= 6
     line = np.stack([np.linspace(-0.499, 0.499, 400), np.zeros(400), np.zeros(400)], 1)   # across a -z face
-    color = dv.cube_color(line, np.full(400, 2), -np.ones(400), cells=8)
+    color = scenes.cube_color(line, np.full(400, 2), -np.ones(400), cells=8)
     assert (np.abs(np.diff(color, axis=0)).sum(1) > 0.05).sum() == 7              # 8 checker cells: 7 edges
     a, b = spec.boxes[0], spec.boxes[1]                                            # one block hides the other
     axis = np.subtract(b.center, a.center)
-    pose = dv.look_at(np.asarray(b.center) + 3 * axis / np.linalg.norm(axis), np.asarray(b.center))
-    both, alone_b = dv.render_boxes(pose, 40.0, 24, (a, b)), dv.render_boxes(pose, 40.0, 24, (b,))
+    pose = scenes.look_at(np.asarray(b.center) + 3 * axis / np.linalg.norm(axis), np.asarray(b.center))
+    both, alone_b = scenes.render_boxes(pose, 40.0, 24, (a, b)), scenes.render_boxes(pose, 40.0, 24, (b,))
     assert np.array_equal(both[11:13, 11:13], alone_b[11:13, 11:13])
-    assert not np.allclose(dv.render_boxes(pose, 40.0, 24, (a,))[11:13, 11:13], alone_b[11:13, 11:13])
+    assert not np.allclose(scenes.render_boxes(pose, 40.0, 24, (a,))[11:13, 11:13], alone_b[11:13, 11:13])
 
 
 # ── Issue 3: render.py (PSNR, SSIM, nearest-neighbour baseline, orbit, metrics, bad input) ──────
@@ -596,7 +597,7 @@ def test_ssim_matches_direct_formula_and_its_properties():
 
 
 def test_orbit_circles_the_grid_centre_at_the_training_cameras_mean_distance(cube):
-    scene = dv.load_split(cube, "train", 16)
+    scene = scenes.load_split(cube, "train", 16)
     cfg = replace(TINY, grid_center=(0.2, -0.1, 0.3))
     poses = render.orbit(scene, cfg, 8, 30.0).double().numpy()
     eyes = poses[:, :3, 3] - np.array(cfg.grid_center)
@@ -638,7 +639,7 @@ def test_render_end_to_end(tiny_run, cube, tmp_path, capsys):
     assert report["fps"] > 0 and f"{report['fps']:.1f} fps" in capsys.readouterr().out
     # Every test PSNR again, independently: the checkpoint's model in eval mode, numpy PSNR.
     model, _ = dv.load_checkpoint(tiny_run / "ckpt.pt")
-    test, train_split = dv.load_split(cube, "test", 16), dv.load_split(cube, "train", 16)
+    test, train_split = scenes.load_split(cube, "test", 16), scenes.load_split(cube, "train", 16)
     with torch.no_grad():
         pred = model.eval().render(test.poses)["rgb"].clamp(0, 1).numpy()
     mse = ((pred - test.images.numpy()) ** 2).reshape(4, -1).mean(1)
@@ -741,7 +742,7 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
 
 def cube_views(cube: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Every view of the cube scene as (split, OpenCV camera-to-world pose, RGB uint8 image), train first."""
-    return [(split, dv.read_pose(p), iio.imread(cube / split / "rgb" / (p.stem + ".png")))
+    return [(split, scenes.read_pose(p), iio.imread(cube / split / "rgb" / (p.stem + ".png")))
             for split in ("train", "test") for p in sorted((cube / split / "pose").glob("*.txt"))]
 
 
@@ -807,42 +808,42 @@ def export_nsvf(cube: Path, root: Path) -> Path:
 
 def test_quaternion_to_rotation_matches_a_hand_computed_rotation():
     quarter_turn_about_z = np.array([np.cos(np.pi / 4), 0, 0, np.sin(np.pi / 4)])
-    assert np.allclose(dv.quaternion_to_rotation(quarter_turn_about_z) @ [1, 0, 0], [0, 1, 0])   # x -> y
-    R = dv.look_at(np.array([1.0, -2.0, 0.5]), np.zeros(3))[:3, :3]
-    assert np.allclose(dv.quaternion_to_rotation(rotation_to_quaternion(R)), R, atol=1e-12)
+    assert np.allclose(scenes.quaternion_to_rotation(quarter_turn_about_z) @ [1, 0, 0], [0, 1, 0])   # x -> y
+    R = scenes.look_at(np.array([1.0, -2.0, 0.5]), np.zeros(3))[:3, :3]
+    assert np.allclose(scenes.quaternion_to_rotation(rotation_to_quaternion(R)), R, atol=1e-12)
 
 
 @pytest.mark.parametrize("layout, export, every_8th", [
     ("NeRF-synthetic", export_nerf_synthetic, False), ("instant-ngp/nerfstudio transforms.json", export_transforms_json, True),
     ("COLMAP text model", export_colmap, True), ("NSVF", export_nsvf, False)])
 def test_every_layout_reads_back_the_cube(cube, tmp_path, capsys, layout, export, every_8th):
-    train, test, found = dv.load_scene(export(cube, tmp_path / "scene"), 16)
+    train, test, found = scenes.load_scene(export(cube, tmp_path / "scene"), 16)
     assert found == layout and f"{layout} layout" in capsys.readouterr().out
-    ref_train, ref_test, _ = dv.load_scene(cube, 16)
+    ref_train, ref_test, _ = scenes.load_scene(cube, 16)
     if every_8th:                                                         # one file of 16 views: 0 and 8 held out
         images, poses = torch.cat([ref_train.images, ref_test.images]), torch.cat([ref_train.poses, ref_test.poses])
         held = torch.arange(16) % 8 == 0
-        ref_train, ref_test = (dv.Scene(images[k], poses[k], ref_train.intrinsics, []) for k in (~held, held))
+        ref_train, ref_test = (scenes.Scene(images[k], poses[k], ref_train.intrinsics, []) for k in (~held, held))
     for scene, ref in ((train, ref_train), (test, ref_test)):
         assert torch.allclose(scene.poses, ref.poses, atol=1e-5)
         assert torch.allclose(scene.images, ref.images, atol=1e-6)
         K, K_ref = (dv.intrinsics_matrix(s.intrinsics.focal, s.intrinsics.cx, s.intrinsics.cy, focal_y=s.intrinsics.focal_y) for s in (scene, ref))
         assert torch.allclose(K, K_ref, atol=1e-5) and K[0, 0] == pytest.approx(20.0, abs=1e-5)
-    cfg = dv.scene_config(train, TINY)
+    cfg = scenes.scene_config(train, TINY)
     if layout == "NSVF":                                                  # bbox.txt: the cube's own grid
         expected = (0.0, 0.0, 0.0), 1.25
     else:                                                                 # no grid in the files: the estimate
-        expected = dv.estimate_grid_placement(ref_train.poses, ref_train.intrinsics)
+        expected = scenes.estimate_grid_placement(ref_train.poses, ref_train.intrinsics)
     assert np.allclose(cfg.grid_center, expected[0], atol=1e-5) and cfg.grid_scale == pytest.approx(expected[1], abs=1e-5)
 
 
 def test_nerf_synthetic_holds_out_the_val_views_when_there_is_no_test_file(cube, tmp_path):
     root = export_nerf_synthetic(cube, tmp_path / "scene")
     (root / "transforms_test.json").rename(root / "transforms_val.json")
-    _, val, _ = dv.load_scene(root, 16)
-    assert torch.allclose(val.poses, dv.load_split(cube, "test", 16).poses, atol=1e-5)
+    _, val, _ = scenes.load_scene(root, 16)
+    assert torch.allclose(val.poses, scenes.load_split(cube, "test", 16).poses, atol=1e-5)
     (root / "transforms_val.json").unlink()
-    assert dv.load_scene(root, 16)[1] is None
+    assert scenes.load_scene(root, 16)[1] is None
 
 
 @pytest.mark.parametrize("fmt, width, height", [("transforms.json", 40, 24), ("COLMAP", 24, 40)])
@@ -863,14 +864,14 @@ def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pix
     else:
         frames = [{"file_path": f"images/{k}.png", "transform_matrix": np.diag([1.0, -1, -1, 1]).tolist()} for k in range(2)]
         (root / "transforms.json").write_text(json.dumps({"fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": width, "h": height, "frames": frames}))
-    train, _, _ = dv.load_scene(root, 12)                                 # crop 24x24, then resize by 1/2
+    train, _, _ = scenes.load_scene(root, 12)                                 # crop 24x24, then resize by 1/2
     assert "centre-cropped to 24x24" in capsys.readouterr().out
     i = train.intrinsics
     K = dv.intrinsics_matrix(i.focal, i.cx, i.cy, focal_y=i.focal_y)
     assert (K[0, 0].item(), K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))   # fx and fy stay apart
     with pytest.raises(dv.DataError, match="optical axes are parallel"):  # one training view: no grid estimate
-        dv.scene_config(train, TINY)
-    model = dv.DeepVoxels(dv.scene_config(train, TINY, (0.0, 0.0, 3.0), 1.0))   # fx and fy reach the model's cameras
+        scenes.scene_config(train, TINY)
+    model = dv.DeepVoxels(scenes.scene_config(train, TINY, (0.0, 0.0, 3.0), 1.0))   # fx and fy reach the model's cameras
     assert (model.K[0, 0].item(), model.K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))
     uv, _ = dv.camera_to_pixel(dv.world_to_camera(point.view(1, 1, 3), train.poses[:1]), K)
     darkness = 1 - train.images[0].mean(0)                                # (12, 12)
@@ -881,19 +882,19 @@ def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pix
 
 
 def test_grid_warning_is_quiet_on_the_cube_and_fires_on_a_grid_too_small_or_too_large(cube, capsys):
-    train, _, _ = dv.load_scene(cube, 32)
-    cfg = dv.scene_config(train, TINY)
-    assert dv.grid_warning(train, cfg) is None
-    small = dv.grid_warning(train, replace(cfg, grid_scale=0.6))
+    train, _, _ = scenes.load_scene(cube, 32)
+    cfg = scenes.scene_config(train, TINY)
+    assert scenes.grid_warning(train, cfg) is None
+    small = scenes.grid_warning(train, replace(cfg, grid_scale=0.6))
     assert small.startswith("warning: the object leaves the grid") and "in 12 of 12 training views" in small
     suggested = float(small.split("--grid_scale ")[1].split()[0])
-    assert 1.0 < suggested < 1.5 and dv.grid_warning(train, replace(cfg, grid_scale=suggested)) is None
-    off_centre = dv.grid_warning(train, replace(cfg, grid_center=(0.6, 0.0, 0.0)))   # half the cube outside
+    assert 1.0 < suggested < 1.5 and scenes.grid_warning(train, replace(cfg, grid_scale=suggested)) is None
+    off_centre = scenes.grid_warning(train, replace(cfg, grid_center=(0.6, 0.0, 0.0)))   # half the cube outside
     assert "the object leaves the grid" in off_centre
-    large = dv.grid_warning(train, replace(cfg, grid_scale=4.0))
+    large = scenes.grid_warning(train, replace(cfg, grid_scale=4.0))
     assert "larger than the object needs" in large and 1.0 < float(large.split("--grid_scale ")[1].split()[0]) < 1.5
     photographs = replace(train, images=torch.rand_like(train.images))   # no plain background: nothing to check against
-    assert dv.grid_warning(photographs, replace(cfg, grid_scale=0.6)).startswith("note: grid not checked")
+    assert scenes.grid_warning(photographs, replace(cfg, grid_scale=0.6)).startswith("note: grid not checked")
 
 
 def test_check_flag_loads_checks_plots_and_exits(cube, tmp_path, capsys):
@@ -917,7 +918,7 @@ def test_depth_range_covers_the_grid_for_a_camera_that_looks_past_its_centre():
 
 def write_layout(root: Path, layout: str) -> Path:
     """A small valid scene in `layout` to break in the test below."""
-    dv.make_scene(root / "cube", n_train=2, n_test=1, size=16)
+    scenes.make_scene(root / "cube", n_train=2, n_test=1, size=16)
     export = {"nerf": export_nerf_synthetic, "colmap": export_colmap, "nsvf": export_nsvf}[layout]
     return export(root / "cube", root / layout)
 
@@ -946,7 +947,7 @@ def test_bad_input_in_each_layout_is_one_line_naming_the_file(tmp_path, layout, 
     root = write_layout(tmp_path, layout)
     breakage(root)
     with pytest.raises(dv.DataError, match=message.replace(".", r"\.")):
-        dv.load_scene(root, 16)
+        scenes.load_scene(root, 16)
 
 
 def test_train_cli_reports_a_bad_colmap_model_in_one_line(tmp_path):
@@ -997,7 +998,7 @@ def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_pat
         a, e = np.radians(azimuth), np.radians(elevation)
         eye = 2.5 * np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
         with torch.no_grad():
-            return models[kind].render(torch.from_numpy(dv.look_at(eye, np.zeros(3))).float()[None])
+            return models[kind].render(torch.from_numpy(scenes.look_at(eye, np.zeros(3))).float()[None])
 
     shown = lambda: viewer.ax_rgb.images[0].get_array()
     assert np.allclose(shown(), expected("softmax", 0, 20)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
@@ -1062,8 +1063,8 @@ def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_view
     import ablation
 
     scene = ablation.split_by_azimuth(cube, tmp_path / "half", margin=20.0)
-    train_views, held_out = dv.load_split(scene, "train", 16), dv.load_split(scene, "test", 16)
-    every = torch.cat([dv.load_split(cube, s, 16).poses for s in ("train", "test")]).double().numpy()
+    train_views, held_out = scenes.load_split(scene, "train", 16), scenes.load_split(scene, "test", 16)
+    every = torch.cat([scenes.load_split(cube, s, 16).poses for s in ("train", "test")]).double().numpy()
     eyes = every[:, :3, 3]
     y_positive = eyes[:, 1] >= 0                                          # azimuth in [0, 180): y >= 0 (grid centre 0)
     assert len(train_views.names) == y_positive.sum() and (train_views.poses[:, 1, 3] >= 0).all()
@@ -1072,14 +1073,14 @@ def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_view
     assert len(held_out.names) == (~y_positive & (angles >= 20)).sum() > 0
     assert (held_out.poses[:, 1, 3] < 0).all() and (ablation.angle_to_training(train_views, held_out) >= 20 - 1e-3).all()
     k, name = next((k, n) for k, n in enumerate(train_views.names) if n.startswith("train"))   # copied, not changed
-    assert torch.equal(train_views.images[k], dv.load_split(cube, "train", 16).images[int(name[5:])])
+    assert torch.equal(train_views.images[k], scenes.load_split(cube, "train", 16).images[int(name[5:])])
 
 
 def test_ablation_holdout_sparse_keeps_views_far_apart_and_the_whole_test_split(cube, tmp_path):
     import ablation
 
     scene = ablation.split_sparse(cube, tmp_path / "sparse", n_views=5)
-    kept, every = dv.load_split(scene, "train", 16), dv.load_split(cube, "train", 16)
+    kept, every = scenes.load_split(scene, "train", 16), scenes.load_split(cube, "train", 16)
     assert len(kept.names) == 5 and all(name.startswith("train") for name in kept.names)
     order = [int(name[5:11]) for name in kept.names]
     assert order[0] == 0 and torch.equal(kept.images, every.images[order])
@@ -1088,7 +1089,7 @@ def test_ablation_holdout_sparse_keeps_views_far_apart_and_the_whole_test_split(
     for _ in range(4):                                                    # one farthest from its closest chosen view
         chosen.append(max((v for v in range(len(every.names)) if v not in chosen), key=lambda v: min(angle(v, c) for c in chosen)))
     assert sorted(chosen) == order
-    test, original = dv.load_split(scene, "test", 16), dv.load_split(cube, "test", 16)
+    test, original = scenes.load_split(scene, "test", 16), scenes.load_split(cube, "test", 16)
     assert torch.equal(test.images, original.images) and torch.equal(test.poses, original.poses)
     shutil.copytree(cube / "train", tmp_path / "no_test" / "train")
     with pytest.raises(dv.DataError, match="no_test/test: --holdout sparse tests on the scene's test split, which is missing"):
@@ -1102,7 +1103,7 @@ def test_ablation_runs_both_models_and_logs_the_training_views_psnr_beside_the_h
                    "--precision", "fp32", *TINY_FLAGS])
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| softmax", "| naive"))]
     assert len(table) == 2 and (tmp_path / "ablation.png").exists() and (tmp_path / "ablation-curves.png").exists()
-    train_views = dv.load_split(cube, "train", 16)
+    train_views = scenes.load_split(cube, "train", 16)
     watched = torch.linspace(0, len(train_views.names) - 1, 8).round().long()          # the 8 views train.py scores
     for kind in ("softmax", "naive"):
         model, state = dv.load_checkpoint(tmp_path / kind / "ckpt.pt")
@@ -1189,19 +1190,19 @@ def nearest_directions(poses: torch.Tensor, k: int) -> list[set[int]]:
 
 def test_view_neighbours_with_few_views_are_every_other_view():
     for n in (2, 3, 4, 5, 7):
-        poses = dv.orbit_poses((0.0, 0.0, 0.0), 2.5, n, elevation=10.0 * n)
-        neighbours = dv.view_neighbours(poses)
+        poses = scenes.orbit_poses((0.0, 0.0, 0.0), 2.5, n, elevation=10.0 * n)
+        neighbours = scenes.view_neighbours(poses)
         assert neighbours.shape == (n, min(4, n - 1))
         assert [set(row.tolist()) for row in neighbours] == nearest_directions(poses, min(4, n - 1))
-    assert dv.view_neighbours(poses[:1]).shape == (1, 0)
+    assert scenes.view_neighbours(poses[:1]).shape == (1, 0)
 
 
 @pytest.mark.parametrize("views", [2, 3, 12])
 def test_sample_views_draws_the_source_among_target_1s_four_nearest_views_never_target_1(cube, views):
-    poses = dv.load_split(cube, "train", 16).poses[:views]
+    poses = scenes.load_split(cube, "train", 16).poses[:views]
     nearest = nearest_directions(poses, 4)                               # independent of view_neighbours
     generator = torch.Generator().manual_seed(0)
-    draws = [train.sample_views(dv.view_neighbours(poses), generator) for _ in range(400)]
+    draws = [train.sample_views(scenes.view_neighbours(poses), generator) for _ in range(400)]
     for source, target1, target2 in draws:
         assert source != target1 and source in nearest[target1] and 0 <= target2 < views
     assert {d[1] for d in draws} == {d[2] for d in draws} == set(range(views))   # every view is a target
@@ -1236,7 +1237,7 @@ def test_loader_refuses_nan_pose_zero_focal_empty_rgb_and_truncated_png_in_one_l
     root = write_scene(tmp_path / "scene")
     breakage(root)
     with pytest.raises(dv.DataError) as error:
-        dv.load_split(root, "train", 16)
+        scenes.load_split(root, "train", 16)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -1249,7 +1250,7 @@ def test_loader_keeps_one_full_size_image_in_memory_at_a_time(tmp_path):
         iio.imwrite(root / "train" / "rgb" / f"{k:06d}.png", np.roll(pattern, 40 * k, axis=1))
     (root / "train" / "intrinsics.txt").write_text("640 256 256\n0 0 0\n0\n1.25\n512 512\n")
     tracemalloc.start()
-    scene = dv.load_split(root, "train", 16)
+    scene = scenes.load_split(root, "train", 16)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     one_image = 512 * 512 * 3 * 4                                         # float32, 3 MiB
@@ -1263,10 +1264,10 @@ def test_loader_keeps_one_full_size_image_in_memory_at_a_time(tmp_path):
 def fitted(cube):
     """The small model after 300 steps on the cube's 12 training views (about 10 s), with both splits at 32 px."""
     torch.manual_seed(0)
-    train_views, test_views = dv.load_split(cube, "train", 32), dv.load_split(cube, "test", 32)
-    model = dv.DeepVoxels(dv.scene_config(train_views, SMALL))
+    train_views, test_views = scenes.load_split(cube, "train", 32), scenes.load_split(cube, "test", 32)
+    model = dv.DeepVoxels(scenes.scene_config(train_views, SMALL))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    neighbours, generator = dv.view_neighbours(train_views.poses), torch.Generator().manual_seed(0)
+    neighbours, generator = scenes.view_neighbours(train_views.poses), torch.Generator().manual_seed(0)
     for _ in range(300):
         source, target1, target2 = train.sample_views(neighbours, generator)
         out = model(train_views.images[source:source + 1], train_views.poses[source:source + 1], train_views.poses[[target1, target2]])
@@ -1277,7 +1278,7 @@ def fitted(cube):
     return model.eval(), train_views, test_views
 
 
-def each_render_is_closest_to_its_own_image(model: dv.DeepVoxels, scene: dv.Scene) -> bool:
+def each_render_is_closest_to_its_own_image(model: dv.DeepVoxels, scene: scenes.Scene) -> bool:
     """For every pose A and every other view B: the render for A is closer (L1) to image A than to image B."""
     with torch.no_grad():
         rgb = model.render(scene.poses)["rgb"]
@@ -1332,8 +1333,8 @@ def test_bf16_rendering_agrees_with_fp32(fitted):
 
 def test_evaluate_renders_in_eval_mode_and_restores_the_mode(cube):
     torch.manual_seed(0)
-    scene = dv.load_split(cube, "test", 16)
-    model = dv.DeepVoxels(dv.scene_config(scene, TINY))
+    scene = scenes.load_split(cube, "test", 16)
+    model = dv.DeepVoxels(scenes.scene_config(scene, TINY))
     model.fuse(scene.images[:1], scene.poses[:1])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     psnr, rgb, _ = train.evaluate(model.train(), scene, "cpu", "fp32")

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import deepvoxels as dv
+import scenes
 
 
 @dataclass
@@ -76,7 +77,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
     return train, dv.Config(**{f.name: args[f.name] for f in sizes})
 
 
-def evaluate(model: dv.DeepVoxels, scene: dv.Scene, device: str, precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+def evaluate(model: dv.DeepVoxels, scene: scenes.Scene, device: str, precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
     """Mean PSNR of a scene's views rendered from the grid alone (as at test time), with the renders
     (V, 3, H, W) and depth maps (V, 1, h, w); depth is None for the naive occlusion. The model renders
     in eval mode and is left in the mode it was in."""
@@ -90,10 +91,10 @@ def evaluate(model: dv.DeepVoxels, scene: dv.Scene, device: str, precision: str)
     return dv.psnr(rgb, scene.images).mean().item(), rgb, depth
 
 
-def save_preview(path: Path, test: dv.Scene, rgb: torch.Tensor, depth: torch.Tensor | None, views: int = 4) -> None:
+def save_preview(path: Path, test: scenes.Scene, rgb: torch.Tensor, depth: torch.Tensor | None, views: int = 4) -> None:
     """PNG with one row per held-out view: target | prediction | depth (if the model has one)."""
     size = test.images.shape[-1]
-    depth_column = [] if depth is None else [dv.colorize_depth(depth[:views], size)]
+    depth_column = [] if depth is None else [scenes.colorize_depth(depth[:views], size)]
     rows = torch.cat([test.images[:views], rgb[:views].clamp(0, 1), *depth_column], dim=3)
     image = rows.permute(0, 2, 3, 1).reshape(-1, rows.shape[-1], 3)         # rows stacked vertically
     iio.imwrite(path, (image.numpy() * 255).round().astype("uint8"))
@@ -192,12 +193,12 @@ def main(argv=None) -> None:
 def fit(run: TrainConfig, sizes: dv.Config) -> None:
     """Load the scene, build or resume the model, train it, evaluate and checkpoint it as it goes."""
     data = Path(run.data)
-    if not data.exists() and data.name in dv.SCENES:
+    if not data.exists() and data.name in scenes.SCENES:
         print(f"{data} does not exist: generating the synthetic scene '{data.name}' there (a few seconds)")
-        dv.make_scene(data, data.name)
+        scenes.make_scene(data, data.name)
     if not data.is_dir():
         raise dv.DataError(f"{data}: no such data folder")
-    train, held_out, _ = dv.load_scene(data, sizes.img_size)
+    train, held_out, _ = scenes.load_scene(data, sizes.img_size)
     test = train if held_out is None else held_out
     if len(train.names) < 2:
         raise dv.DataError(f"{data}: training needs at least 2 views (a source and another target), found {len(train.names)}")
@@ -209,7 +210,7 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
             center = ()
         if len(center) != 3:
             raise dv.DataError(f"--grid_center: expected three numbers 'x y z', got {run.grid_center!r}")
-    cfg = dv.scene_config(train, sizes, center, run.grid_scale or None)
+    cfg = scenes.scene_config(train, sizes, center, run.grid_scale or None)
     out = Path(run.out or Path("runs") / data.resolve().name)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -217,10 +218,10 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
     except OSError as e:
         raise dv.DataError(f"{out}: cannot write the output folder ({e.strerror})") from None
     ckpt_path = out / "ckpt.pt"
-    warning = dv.grid_warning(train, cfg)
+    warning = scenes.grid_warning(train, cfg)
     if warning:
         print(warning)
-    dv.plot_setup(out / "cameras.png", train, held_out, cfg)
+    scenes.plot_setup(out / "cameras.png", train, held_out, cfg)
     if run.check:
         print(f"grid centred at {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)}, side {cfg.grid_scale:.3g}; "
               f"wrote {out / 'cameras.png'}; --check: not training")
@@ -271,16 +272,16 @@ def fit(run: TrainConfig, sizes: dv.Config) -> None:
         saved_step = step
 
     images, poses = train.images.to(run.device), train.poses.to(run.device)
-    neighbours = dv.view_neighbours(train.poses)                              # (V, min(4, V - 1))
+    neighbours = scenes.view_neighbours(train.poses)                              # (V, min(4, V - 1))
     split = "train" if test is train else "test"
     if test is train:  # no held-out views: each view against its nearest *other* view (itself would score ~100 dB)
         baseline_name, baseline_images = "nearest-other-view baseline", train.images[neighbours[:, 0]]
         print("no test/ split: PSNR is measured on the training views; the baseline copies each one's nearest other view")
     else:
-        baseline_name, baseline_images = "nearest-neighbour baseline", dv.nearest_view_baseline(train, test.poses)
+        baseline_name, baseline_images = "nearest-neighbour baseline", scenes.nearest_view_baseline(train, test.poses)
     baseline = dv.psnr(baseline_images, test.images).mean().item()
     watched = torch.linspace(0, len(train.names) - 1, min(8, len(train.names))).round().long()  # training views scored at each evaluation
-    train_watch = None if test is train else dv.Scene(train.images[watched], train.poses[watched], train.intrinsics,
+    train_watch = None if test is train else scenes.Scene(train.images[watched], train.poses[watched], train.intrinsics,
                                                         [train.names[i] for i in watched])
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{len(train.names)} training views, {len(test.names) if test is not train else 'no'} test views at {cfg.img_size}px; "
