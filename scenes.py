@@ -47,18 +47,73 @@ class Intrinsics:
     grid_scale: float | None = None
     size: tuple[int, int] | None = None  # (H, W) the focal lengths and principal point refer to
     focal_y: float = 0.0        # fy in pixels; 0 means fy = fx
+    world2cam: bool = False     # intrinsics.txt's 6th line: the pose files hold world-to-camera matrices
 
     def matrix(self) -> torch.Tensor:
         """The 3x3 pinhole matrix K."""
         return intrinsics_matrix(self.focal, self.cx, self.cy, focal_y=self.focal_y)
 
 
-def read_text(path: Path) -> str:
-    """A text file's contents; a DataError naming the file if it cannot be read."""
+COMPARE = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+
+
+def check_number(where: str | Path, name: str, value, *rules: tuple[str, float]) -> float:
+    """`value` as a float if it is a finite number that keeps every rule, e.g. (">", 0); else one DataError line."""
     try:
-        return path.read_text()
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and all(COMPARE[op](number, float(bound)) for op, bound in rules)):
+        wanted = " and ".join(f"{op} {bound:g}" for op, bound in rules)
+        raise DataError(f"{where}: {name} must be a finite number{' ' + wanted if wanted else ''}, got {value}")
+    return number
+
+
+def check_intrinsics(where: str | Path, intr: Intrinsics) -> Intrinsics:
+    """The numbers every layout's camera must have: focal lengths > 0, a finite principal point, sizes >= 1, and
+    a finite grid placement and near plane where the files give them. Every reader's camera passes here."""
+    check_number(where, "the focal length fx", intr.focal, (">", 0))
+    check_number(where, "the focal length fy", intr.focal_y or intr.focal, (">", 0))
+    check_number(where, "the principal point cx", intr.cx)
+    check_number(where, "the principal point cy", intr.cy)
+    check_number(where, "the near plane", intr.near, (">=", 0))
+    for name, value in zip(("height", "width"), intr.size or ()):
+        check_number(where, f"the image {name}", value, (">=", 1))
+    for axis, value in zip("xyz", intr.grid_center or ()):
+        check_number(where, f"the grid centre's {axis}", value)
+    if intr.grid_scale is not None:
+        check_number(where, "the grid scale", intr.grid_scale, (">", 0))
+    return intr
+
+
+def check_pose(where: str | Path, pose: np.ndarray) -> np.ndarray:
+    """A 4x4 rigid transform: finite, last row 0 0 0 1, and a proper rotation (orthonormal within 1e-3, det +1)."""
+    if pose.shape != (4, 4) or not np.isfinite(pose).all():
+        raise DataError(f"{where}: pose must be a 4x4 matrix of finite numbers")
+    if np.abs(pose[3] - [0, 0, 0, 1]).max() > 1e-6:
+        raise DataError(f"{where}: the pose's last row must be 0 0 0 1, got {' '.join(f'{v:g}' for v in pose[3])}")
+    R = pose[:3, :3]
+    stretch = np.linalg.svd(R, compute_uv=False)                              # all 1 for a rotation
+    if np.abs(R.T @ R - np.eye(3)).max() > 1e-3:
+        uniform = stretch.max() - stretch.min() < 1e-3 * stretch.max()
+        raise DataError(f"{where}: the pose's 3x3 part is " + (f"a rotation scaled by {stretch[0]:.4g}; divide it by that "
+                        f"(camera poses have no scale)" if uniform else "not a rotation (its columns are not orthonormal)"))
+    if np.linalg.det(R) < 0:
+        raise DataError(f"{where}: the pose's 3x3 part is a reflection (determinant -1), not a rotation: "
+                        f"is one axis flipped (OpenGL vs OpenCV)?")
+    return pose
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents (a byte-order mark allowed); one DataError line if it cannot be read as such."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}): save it as UTF-8") from None
 
 
 def read_intrinsics(path: Path) -> Intrinsics:
@@ -69,50 +124,55 @@ def read_intrinsics(path: Path) -> Intrinsics:
             raise ValueError("the first line must hold 'f cx cy'")
         if len(lines) in (3, 4) and {len(line) for line in lines} in ({3}, {4}):      # a matrix K
             K = np.array(lines, dtype=np.float64).tolist()
-            if not min(K[0][0], K[1][1]) > 0:
-                raise ValueError(f"the matrix K needs fx and fy > 0 on its diagonal, got {K[0][0]} and {K[1][1]}")
-            intr = Intrinsics(K[0][0], K[0][2], K[1][2], focal_y=K[1][1])
-        else:
-            focal, cx, cy = map(float, lines[0][:3])
-            center = tuple(map(float, lines[1][:3])) if len(lines) > 1 else None
-            if center is not None and len(center) != 3:
-                raise ValueError("line 2 (grid barycenter) must hold 'x y z'")
-            near = float(lines[2][0]) if len(lines) > 2 else 0.0
-            scale = float(lines[3][0]) if len(lines) > 3 else 0.0
-            size = tuple(int(float(v)) for v in lines[4][:2]) if len(lines) > 4 else None
-            if size is not None and (len(size) != 2 or min(size) <= 0):
-                raise ValueError("line 5 must hold the image size 'H W'")
-            # The barycenter counts only together with a scale: "0 0 0" and scale 0 ask for the estimate.
-            intr = Intrinsics(focal, cx, cy, center if scale > 0 else None, near, scale if scale > 0 else None, size)
-        if not intr.focal > 0:
-            raise ValueError(f"the focal length must be positive, got {intr.focal}")
+            fy = check_number(path, "the focal length fy", K[1][1], (">", 0))                 # 0 would mean "fy = fx"
+            return check_intrinsics(path, Intrinsics(K[0][0], K[0][2], K[1][2], focal_y=fy))
+        focal, cx, cy = map(float, lines[0][:3])
+        center = tuple(map(float, lines[1][:3])) if len(lines) > 1 else None
+        if center is not None and len(center) != 3:
+            raise ValueError("line 2 (grid barycenter) must hold 'x y z'")
+        near = float(lines[2][0]) if len(lines) > 2 else 0.0
+        scale = check_number(path, "the scale (line 4; 0: estimate it)", lines[3][0], (">=", 0)) if len(lines) > 3 else 0.0
+        size = tuple(int(check_number(path, "line 5, the image size 'H W',", v, (">=", 1))) for v in lines[4][:2]) if len(lines) > 4 else None
+        if size is not None and len(size) != 2:
+            raise ValueError("line 5 must hold the image size 'H W'")
+        world2cam = check_number(path, "line 6, world2cam_poses (0 or 1),", lines[5][0]) if len(lines) > 5 else 0.0
+        if world2cam not in (0, 1):
+            raise ValueError(f"line 6, world2cam_poses, must be 0 or 1, got {lines[5][0]}")
     except ValueError as e:
         raise DataError(f"{path}: malformed intrinsics: {e}") from None
-    return intr
+    # The barycenter counts only together with a scale: "0 0 0" and scale 0 ask for the estimate.
+    return check_intrinsics(path, Intrinsics(focal, cx, cy, center if scale > 0 else None, near, scale or None, size,
+                                             world2cam=world2cam == 1))
 
 
 def read_pose(path: Path) -> np.ndarray:
-    """A 4x4 camera-to-world matrix from 16 numbers (4 rows or one row)."""
+    """A 4x4 rigid transform from 16 numbers (4 rows or one row), checked by check_pose."""
     try:
-        values = np.array(path.read_text().split(), dtype=np.float64)
+        values = np.array(read_text(path).split(), dtype=np.float64)
     except ValueError:
         raise DataError(f"{path}: pose is not a list of numbers") from None
-    if values.size != 16 or not np.isfinite(values).all():
-        found = f"{values.size}" if values.size != 16 else f"{np.sum(~np.isfinite(values))} that are nan or inf"
-        raise DataError(f"{path}: pose must be 16 finite numbers (a 4x4 matrix), found {found}")
-    pose = values.reshape(4, 4)
-    if abs(np.linalg.det(pose)) < 1e-9:
-        raise DataError(f"{path}: pose matrix is not invertible")
-    return pose
+    if values.size != 16:
+        raise DataError(f"{path}: pose must be 16 numbers (a 4x4 matrix), found {values.size}")
+    return check_pose(path, values.reshape(4, 4))
+
+
+IMAGE_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "I;16", "I;16B", "I;16L", None)  # grey, palette, RGB
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image as float32 (H, W, 3) in [0, 1], alpha composited on white."""
+    """An image as float32 (H, W, 3) in [0, 1], alpha composited on white: one frame of 8 or 16 bits, in grey
+    (with or without alpha), a palette or RGB(A). Anything else is one DataError line, never read channel by channel."""
     try:
-        image = iio.imread(path)
+        image, mode = iio.imread(path), iio.immeta(path).get("mode")
     except Exception as e:  # imageio raises many types for unreadable files, some with a message of several lines
         raise DataError(f"{path}: cannot be read as an image ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
-    scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+    if mode not in IMAGE_MODES:
+        raise DataError(f"{path}: colour model {mode} is not RGB, grey or a palette: convert the image to RGB")
+    if image.ndim == 4 or (image.ndim == 3 and image.shape[-1] > 4):
+        raise DataError(f"{path}: holds {image.shape[0]} frames; one image per view")
+    if image.dtype not in (np.uint8, np.uint16, np.bool_):
+        raise DataError(f"{path}: pixels are {image.dtype}; images must have 8 or 16 bits per channel")
+    scale = np.iinfo(image.dtype).max if image.dtype != np.bool_ else 1.0
     image = image.astype(np.float32)
     image /= scale                                                     # in place: a 4000 px image is 183 MiB
     if image.ndim == 2:
@@ -142,9 +202,7 @@ def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrins
     """Read the images (all of one size), centre-crop them to a square and resize them to img_size. The
     intrinsics follow: scaled from intr.size to the files' size, cx and cy shifted by the crop, all scaled
     by the resize (exact with pixel centres at j + 0.5). `intr_file` is named when the sizes disagree."""
-    if not (intr.focal > 0 and intr.focal_y >= 0 and (intr.size is None or min(intr.size) > 0)):
-        raise DataError(f"{intr_file}: focal lengths and image size must be positive, got fx {intr.focal}, "
-                        f"fy {intr.focal_y or intr.focal}, H W {intr.size}")
+    check_intrinsics(intr_file, intr)
     squares = []
     for path in image_paths:
         image = read_image(path)                                                 # (H0, W0, 3)
@@ -186,6 +244,8 @@ def load_split(root: str | Path, split: str, img_size: int, prefix: str = "") ->
     intr = read_intrinsics(folder / "intrinsics.txt")
     names = sorted(rgb_files)
     poses = [read_pose(pose_files[n]) for n in names]
+    if intr.world2cam:                                                        # the authors' 6th line: 1 = world-to-camera
+        poses = [np.linalg.inv(pose) for pose in poses]
     return square_scene([rgb_files[n] for n in names], poses, intr, folder / "intrinsics.txt", img_size)
 
 
@@ -199,7 +259,8 @@ def read_bbox(path: Path) -> tuple[tuple[float, float, float], float]:
     if len(values) not in (6, 7) or not all(lo < hi for lo, hi in zip(values[:3], values[3:6])):
         raise DataError(f"{path}: expected 'x_min y_min z_min x_max y_max z_max [voxel_size]' with each min < max")
     lo, hi = np.array(values[:3]), np.array(values[3:6])
-    return tuple(((lo + hi) / 2).tolist()), float((hi - lo).max())
+    side = check_number(path, "the box's longest side (max - min)", (hi - lo).max(), (">", 0))
+    return tuple(check_number(path, "the box's centre", c) for c in (lo + hi) / 2), side
 
 
 def load_nsvf(root: Path, img_size: int) -> tuple[Scene, Scene | None]:
@@ -238,21 +299,20 @@ def load_transforms(path: Path, img_size: int) -> Scene:
                 image = image.with_name(image.name + ".png")
             if not image.is_file():
                 raise DataError(f"{path}: {where}image {frame['file_path']} not found (looked for {image})")
-            pose = np.array(frame["transform_matrix"], dtype=np.float64)
-            if pose.shape != (4, 4) or not np.isfinite(pose).all() or abs(np.linalg.det(pose)) < 1e-9:
-                raise DataError(f"{path}: {where}transform_matrix must be an invertible 4x4 matrix")
+            pose = check_pose(f"{path}: {where}transform_matrix", np.array(frame["transform_matrix"], dtype=np.float64))
             camera = {**meta, **frame}                                         # per-frame values win
             if "fl_x" not in camera and "camera_angle_x" not in camera:
                 raise DataError(f"{path}: {where}missing key 'camera_angle_x' (or 'fl_x', 'fl_y', 'cx', 'cy')")
             if any(camera.get(key, 0) for key in ("k1", "k2", "k3", "k4", "p1", "p2")):
                 raise DataError(f"{path}: {where}lens distortion (k1, k2, p1, p2...) does not fit DeepVoxels' pinhole "
                                 f"camera: undistort the images first (colmap image_undistorter), or set them to 0 if negligible")
+            number = lambda key, *rules: check_number(f"{path}: {where}", key, camera[key], *rules)   # noqa: E731
             if "fl_x" in camera:
-                size = (int(camera["h"]), int(camera["w"])) if "w" in camera and "h" in camera else None
-                cameras.add((float(camera["fl_x"]), float(camera.get("fl_y", camera["fl_x"])), float(camera["cx"]),
-                             float(camera["cy"]), size))
+                size = (int(number("h", (">=", 1))), int(number("w", (">=", 1)))) if "w" in camera and "h" in camera else None
+                cameras.add((number("fl_x", (">", 0)), number("fl_y" if "fl_y" in camera else "fl_x", (">", 0)),
+                             number("cx"), number("cy"), size))
             else:
-                cameras.add((float(camera["camera_angle_x"]),))
+                cameras.add((number("camera_angle_x", (">", 0), ("<", math.pi)),))
             paths.append(image)
             poses.append(opengl_to_opencv(torch.from_numpy(pose)).numpy())
     except KeyError as e:
@@ -314,7 +374,9 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
         except (ValueError, IndexError):
             raise DataError(f"{model / 'cameras.txt'}: line {n}: expected CAMERA_ID {kind} WIDTH HEIGHT and its "
                             f"{4 if kind == 'PINHOLE' else 3} parameters") from None
-        cameras[fields[0]] = Intrinsics(fx, cx, cy, size=(int(h), int(w)), focal_y=fy)
+        where = f"{model / 'cameras.txt'}: line {n}"
+        size = (int(check_number(where, "HEIGHT", h, (">=", 1))), int(check_number(where, "WIDTH", w, (">=", 1))))
+        cameras[fields[0]] = check_intrinsics(where, Intrinsics(fx, cx, cy, size=size, focal_y=fy))
     path = model / "images.txt"
     lines = iter([(n, line) for n, line in enumerate(read_text(path).splitlines(), 1) if not line.startswith("#")])
     views = {}
@@ -330,7 +392,7 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
             raise DataError(f"{path}: line {n}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME") from None
         except KeyError:
             raise DataError(f"{path}: line {n}: camera {fields[8]} is not in cameras.txt") from None
-        if abs(np.linalg.norm(q) - 1) > 1e-3:
+        if not abs(np.linalg.norm(q) - 1) <= 1e-3:                            # "not <=": a NaN fails too
             raise DataError(f"{path}: line {n}: quaternion QW QX QY QZ = {' '.join(fields[1:5])} has length "
                             f"{np.linalg.norm(q):.4g}, not 1")
         if not (images / name).is_file():
@@ -338,7 +400,7 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
         R = quaternion_to_rotation(q / np.linalg.norm(q))                      # world-to-camera
         pose = np.eye(4)
         pose[:3, :3], pose[:3, 3] = R.T, -R.T @ t
-        views[name] = (images / name, pose, camera)
+        views[name] = (images / name, check_pose(f"{path}: line {n}", pose), camera)
     if not views:
         raise DataError(f"{path}: no images")
     names = sorted(views)
@@ -347,6 +409,14 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
                         f"(colmap feature_extractor --ImageReader.single_camera 1)")
     return square_scene([views[n][0] for n in names], [views[n][1] for n in names], views[names[0]][2],
                         model / "cameras.txt", img_size)
+
+
+def check_same_camera(train: Intrinsics, test: Intrinsics, where: Path) -> None:
+    """Refuse held-out views whose camera (at img_size) differs from the training one: the model renders with one."""
+    describe = lambda i: f"fx {i.focal:.4g}, fy {i.focal_y or i.focal:.4g}, cx {i.cx:.4g}, cy {i.cy:.4g}"   # noqa: E731
+    if (train.matrix() - test.matrix()).abs().max() > 1e-3 * train.focal:
+        raise DataError(f"{where}: the held-out camera ({describe(test)} at the model's size) differs from the training "
+                        f"camera ({describe(train)}); DeepVoxels renders every view with the training camera")
 
 
 def load_scene(root: str | Path, img_size: int) -> tuple[Scene, Scene | None, str]:
@@ -359,12 +429,14 @@ def load_scene(root: str | Path, img_size: int) -> tuple[Scene, Scene | None, st
     Returns the training views, the held-out views (None: there are none) and the layout's name.
     """
     root = Path(root)
+    test_camera = root / "test" / "intrinsics.txt"                          # where the held-out camera comes from
     colmap = next((d for d in (root / "sparse" / "0", root / "sparse") if (d / "cameras.txt").is_file()), None)
     if (root / "transforms_train.json").is_file():
         layout = "NeRF-synthetic"
         train = load_transforms(root / "transforms_train.json", img_size)
         held_out = [root / f"transforms_{split}.json" for split in ("test", "val") if (root / f"transforms_{split}.json").is_file()]
         test = load_transforms(held_out[0], img_size) if held_out else None
+        test_camera = held_out[0] if held_out else None
     elif (root / "transforms.json").is_file():
         layout = "instant-ngp/nerfstudio transforms.json"
         train, test = hold_out(load_transforms(root / "transforms.json", img_size), root / "transforms.json")
@@ -381,7 +453,11 @@ def load_scene(root: str | Path, img_size: int) -> tuple[Scene, Scene | None, st
     else:
         raise DataError(f"{root / 'train'}: no such folder, and no other layout found (DeepVoxels: train/ and test/; NSVF: "
                         f"bbox.txt, rgb/, pose/; NeRF: transforms_train.json or transforms.json; COLMAP: sparse/0/cameras.txt)")
+    if test is not None:
+        check_same_camera(train.intrinsics, test.intrinsics, test_camera)
     h0, w0 = train.source_size
+    if train.intrinsics.world2cam:
+        print(f"{root / 'train' / 'intrinsics.txt'}: line 6 says the poses are world-to-camera: inverted on reading")
     shape = f"{w0}x{h0} images" + (f" centre-cropped to {min(h0, w0)}x{min(h0, w0)} (principal point shifted)" if h0 != w0 else "")
     print(f"{root}: {layout} layout; {len(train.names)} training and "
           f"{f'{len(test.names)} held-out views' if test is not None else 'no held-out views'}; {shape}, resized to {img_size} px")
