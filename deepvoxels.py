@@ -52,9 +52,10 @@ class Config:
 
     img_size: int = field(default=64, metadata={"help": "H = W of the images the model renders"})
     feat_size: int = field(default=32, metadata={"help": "h = w of the 2D feature maps used for lifting and projection"})
-    grid_size: int = field(default=16, metadata={"help": "N voxels per grid side (the authors: 32); the largest cost, lower it first"})
+    grid_size: int = field(default=16, metadata={"help": "N voxels per grid side (the authors: 32); the GRU and inpainting cost grows as N^3, a seventh of a step at 16"})
     channels: int = field(default=16, metadata={"help": "C features per voxel (the authors: 64)"})
-    depth_planes: int = field(default=32, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N)"})
+    depth_planes: int = field(default=32, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N); the occlusion network, half of a step, "
+                                                           "grows with D x feat_size^2: lower it first to save time or memory"})
     unet_width: int = field(default=32, metadata={"help": "base width of the 2D feature-extraction and rendering U-Nets"})
     occlusion_width: int = field(default=8, metadata={"help": "base width of the occlusion network's 3D U-Net"})
     occlusion: str = field(default="softmax", metadata={"help": "softmax: the paper's visibility softmax over depth; naive: its Fig. 5 ablation "
@@ -75,7 +76,7 @@ class Config:
         # Levels: 3 on feat_size (the encoder's and the renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D (occlusion).
         ratio = self.img_size // self.feat_size if self.feat_size > 0 else 0
         problems = [
-            (ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
+            (ratio < 1 or ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
              f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be 1, 2, 4, 8...: the encoder halves the image down to feat_size"),
             (self.feat_size % 8 or self.feat_size < 16,
              f"feat_size ({self.feat_size}) must be a multiple of 8 and at least 16: the 2D U-Nets halve it 3 times down to at least 2x2"),
@@ -83,6 +84,9 @@ class Config:
              f"grid_size ({self.grid_size}) must be a multiple of 4 and at least 8: the inpainting U-Net halves it twice down to at least 2^3"),
             (self.depth_planes % 4 or self.depth_planes < 4,
              f"depth_planes ({self.depth_planes}) must be a multiple of 4: the occlusion U-Net halves it twice"),
+            (min(self.channels, self.unet_width, self.occlusion_width) < 1,
+             f"channels, unet_width and occlusion_width ({self.channels}, {self.unet_width}, {self.occlusion_width}) must be at least 1"),
+            (not 0 <= self.gru_dropout < 1, f"gru_dropout ({self.gru_dropout}) must be at least 0 and below 1"),
         ]
         if any(bad for bad, _ in problems):
             raise DataError("sizes: " + "; ".join(message for bad, message in problems if bad))
@@ -570,11 +574,18 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint. Any failure (a full
+    disk, a file-size limit: torch.save raises RuntimeError as well as OSError) is one DataError line, and the
+    partial temporary file is removed."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as e:                                      # RuntimeError: torch.save's own writer
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write stopped part-way: is the disk full?"
+        raise DataError(f"{path}: cannot write the checkpoint ({reason})") from None
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[DeepVoxels, dict]:
