@@ -259,7 +259,7 @@ def read_bbox(path: Path) -> tuple[tuple[float, float, float], float]:
     if len(values) not in (6, 7) or not all(lo < hi for lo, hi in zip(values[:3], values[3:6])):
         raise DataError(f"{path}: expected 'x_min y_min z_min x_max y_max z_max [voxel_size]' with each min < max")
     lo, hi = np.array(values[:3]), np.array(values[3:6])
-    side = check_number(path, "the box's longest side (max - min)", (hi - lo).max(), (">", 0))
+    side = check_number(path, "the box's longest side (max - min)", max(h - l for l, h in zip(values[:3], values[3:6])), (">", 0))
     return tuple(check_number(path, "the box's centre", c) for c in (lo + hi) / 2), side
 
 
@@ -306,7 +306,7 @@ def load_transforms(path: Path, img_size: int) -> Scene:
             if any(camera.get(key, 0) for key in ("k1", "k2", "k3", "k4", "p1", "p2")):
                 raise DataError(f"{path}: {where}lens distortion (k1, k2, p1, p2...) does not fit DeepVoxels' pinhole "
                                 f"camera: undistort the images first (colmap image_undistorter), or set them to 0 if negligible")
-            number = lambda key, *rules: check_number(f"{path}: {where}", key, camera[key], *rules)   # noqa: E731
+            number = lambda key, *rules: check_number(f"{path}: {where[:-2]}", key, camera[key], *rules)   # noqa: E731
             if "fl_x" in camera:
                 size = (int(number("h", (">=", 1))), int(number("w", (">=", 1)))) if "w" in camera and "h" in camera else None
                 cameras.add((number("fl_x", (">", 0)), number("fl_y" if "fl_y" in camera else "fl_x", (">", 0)),
