@@ -55,17 +55,20 @@ class Intrinsics:
 
 
 COMPARE = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+LARGEST = 1e15  # no scene needs more; larger numbers overflow float32 once squared (distances, depth ranges)
 
 
 def check_number(where: str | Path, name: str, value, *rules: tuple[str, float]) -> float:
-    """`value` as a float if it is a finite number that keeps every rule, e.g. (">", 0); else one DataError line."""
+    """`value` as a float if it is a finite number below LARGEST in size that keeps every rule, e.g. (">", 0);
+    else one DataError line."""
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         number = math.nan
-    if not (math.isfinite(number) and all(COMPARE[op](number, float(bound)) for op, bound in rules)):
-        wanted = " and ".join(f"{op} {bound:g}" for op, bound in rules)
-        raise DataError(f"{where}: {name} must be a finite number{' ' + wanted if wanted else ''}, got {value}")
+    if not (abs(number) <= LARGEST and all(COMPARE[op](number, float(bound)) for op, bound in rules)):
+        wanted = "".join(f" and {op} {bound:g}" for op, bound in rules)[4:]                # "> 0 and < 3.14159"
+        size = f" of size at most {LARGEST:g}" if math.isfinite(number) and abs(number) > LARGEST else ""
+        raise DataError(f"{where}: {name} must be a finite number{wanted}{size}, got {value}")
     return number
 
 
@@ -88,8 +91,8 @@ def check_intrinsics(where: str | Path, intr: Intrinsics) -> Intrinsics:
 
 def check_pose(where: str | Path, pose: np.ndarray) -> np.ndarray:
     """A 4x4 rigid transform: finite, last row 0 0 0 1, and a proper rotation (orthonormal within 1e-3, det +1)."""
-    if pose.shape != (4, 4) or not np.isfinite(pose).all():
-        raise DataError(f"{where}: pose must be a 4x4 matrix of finite numbers")
+    if pose.shape != (4, 4) or not (np.abs(pose) <= LARGEST).all():                     # "not <=": a NaN fails too
+        raise DataError(f"{where}: pose must be a 4x4 matrix of finite numbers (of size at most {LARGEST:g})")
     if np.abs(pose[3] - [0, 0, 0, 1]).max() > 1e-6:
         raise DataError(f"{where}: the pose's last row must be 0 0 0 1, got {' '.join(f'{v:g}' for v in pose[3])}")
     R = pose[:3, :3]
