@@ -612,8 +612,9 @@ def orbit_poses(center: tuple[float, float, float], radius: float, n: int, eleva
     return torch.from_numpy(np.stack([look_at(np.asarray(center) + radius * e, np.asarray(center)) for e in eyes])).float()
 
 
-# The synthetic scenes: textured cubes, each face its own colour and a pattern of cells x cells
-# (a checker on the faces facing -x, -y, -z, discs on the others), lit by a fixed light.
+# The synthetic scenes: textured cubes and balls, lit by a fixed light. A cube's faces each have their own
+# colour and a pattern of cells x cells (a checker on the faces facing -x, -y, -z, discs on the others); a
+# ball has six coloured sectors of longitude, each a checker of longitude and latitude cells.
 CUBE_COLORS = np.array([[0.85, 0.20, 0.20], [0.20, 0.65, 0.25], [0.20, 0.35, 0.85],
                         [0.90, 0.70, 0.15], [0.60, 0.25, 0.75], [0.15, 0.70, 0.75]])
 CUBE_LIGHT = np.array([0.4, 0.3, 0.866])  # a fixed world-space light: faces differ in brightness
@@ -630,10 +631,20 @@ class Box:
 
 
 @dataclass(frozen=True)
-class SyntheticScene:
-    """Boxes, the distance of every camera from the origin, and the grid side written to intrinsics.txt."""
+class Ball:
+    """One textured sphere: centre and radius in world units, colour channel order, checker cells per sector."""
 
-    boxes: tuple[Box, ...]
+    center: tuple[float, float, float]
+    radius: float
+    colors: tuple[int, int, int] = (0, 1, 2)
+    cells: int = 4
+
+
+@dataclass(frozen=True)
+class SyntheticScene:
+    """Shapes, the distance of every camera from the origin, and the grid side written to intrinsics.txt."""
+
+    shapes: tuple[Box | Ball, ...]
     radius: float
     grid_scale: float
 
@@ -647,6 +658,11 @@ SCENES = {
     # hiding each other, seen from farther away: the grid fills under half of the frame.
     "blocks": SyntheticScene((Box((-0.25, -0.2, -0.15), 0.5, cells=8), Box((0.3, 0.25, 0.05), 0.4, (2, 0, 1), cells=8),
                               Box((0.15, -0.3, 0.3), 0.3, (1, 2, 0), cells=6)), radius=4.0, grid_scale=1.25),
+    # Not a box: a textured ball with a small cube in front of part of it; curved outlines and shading.
+    "ball": SyntheticScene((Ball((0.0, 0.0, 0.05), 0.5, cells=3), Box((0.4, -0.4, -0.3), 0.3, (1, 2, 0), cells=3)),
+                           radius=2.5, grid_scale=1.25),
+    # A small object: one cube of side 0.35, under a third of the frame's width, in a grid that fits it.
+    "small": SyntheticScene((Box((0.0, 0.0, 0.0), 0.35),), radius=2.5, grid_scale=0.45),
 }
 
 
@@ -659,16 +675,28 @@ def cube_color(points: np.ndarray, normals_axis: np.ndarray, sign: np.ndarray, c
     checker = (cell.sum(1) % 2) == 0
     dots = np.linalg.norm(st * cells - cell - 0.5, axis=1) < 0.32          # a lattice of discs, one per cell
     on = np.where(face % 2 == 0, checker, dots)
-    base = CUBE_COLORS[face]
-    color = np.where(on[:, None], base, (base + 1) / 2)                    # "off" cells: a lighter tint
     normal = np.zeros_like(points)
     normal[np.arange(len(points)), normals_axis] = sign
-    shade = 0.75 + 0.25 * np.clip(normal @ (CUBE_LIGHT / np.linalg.norm(CUBE_LIGHT)), 0, 1)
-    return color * shade[:, None]
+    return shaded(CUBE_COLORS[face], on, normal)
 
 
-def render_boxes(pose: np.ndarray, focal: float, size: int, boxes: tuple[Box, ...], supersample: int = 3) -> np.ndarray:
-    """Ray-cast axis-aligned textured cubes, nearest hit wins: (size, size, 3) in [0, 1], white background.
+def ball_color(normals: np.ndarray, cells: int = 4) -> np.ndarray:
+    """Colour (P, 3) of points on a ball given by their unit normals (P, 3): six sectors of longitude, each its
+    own colour and a checker of cells x (2 cells) over longitude and latitude."""
+    longitude = (np.arctan2(normals[:, 1], normals[:, 0]) / (2 * np.pi) + 0.5) * 6        # 0..6: the sector
+    latitude = (np.arcsin(np.clip(normals[:, 2], -1, 1)) / np.pi + 0.5) * 2 * cells       # 0..2 cells
+    on = (np.floor(longitude * cells) + np.floor(latitude)) % 2 == 0
+    return shaded(CUBE_COLORS[np.minimum(longitude.astype(int), 5)], on, normals)
+
+
+def shaded(base: np.ndarray, on: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Base colours (P, 3), a lighter tint where `on` (P,) is False, lit by CUBE_LIGHT on unit normals (P, 3)."""
+    color = np.where(on[:, None], base, (base + 1) / 2)
+    return color * (0.75 + 0.25 * np.clip(normals @ (CUBE_LIGHT / np.linalg.norm(CUBE_LIGHT)), 0, 1))[:, None]
+
+
+def ray_cast(pose: np.ndarray, focal: float, size: int, shapes: tuple[Box | Ball, ...], supersample: int = 3) -> np.ndarray:
+    """Ray-cast textured cubes (axis-aligned) and balls, nearest hit wins: (size, size, 3) in [0, 1], white background.
 
     The camera has a principal point at the image centre; `supersample`^2 rays per pixel, averaged.
     """
@@ -678,16 +706,24 @@ def render_boxes(pose: np.ndarray, focal: float, size: int, boxes: tuple[Box, ..
     dirs = np.stack([(u - size / 2) / focal, (v - size / 2) / focal, np.ones_like(u)], -1).reshape(-1, 3) @ pose[:3, :3].T
     origin = pose[:3, 3]
     image, nearest = np.ones((len(dirs), 3)), np.full(len(dirs), np.inf)
-    for box in boxes:
-        low, high = np.subtract(box.center, box.side / 2), np.add(box.center, box.side / 2)
-        with np.errstate(divide="ignore", invalid="ignore"):               # slab test: the ray inside all 3 slabs
-            t0, t1 = (low - origin) / dirs, (high - origin) / dirs
-        t_near, t_far = np.minimum(t0, t1).max(1), np.maximum(t0, t1).min(1)
-        hit = (t_near < t_far) & (t_near > 0) & (t_near < nearest)         # in front of what was hit so far
-        local = (origin + t_near[hit, None] * dirs[hit] - box.center) / box.side   # (P, 3) in the unit cube's frame
-        axis = np.minimum(t0, t1)[hit].argmax(1)                          # the slab entered last is the face
-        sign = np.sign(local[np.arange(len(local)), axis])
-        image[hit] = cube_color(local, axis, sign, box.cells)[:, list(box.colors)]
+    for shape in shapes:
+        if isinstance(shape, Box):
+            low, high = np.subtract(shape.center, shape.side / 2), np.add(shape.center, shape.side / 2)
+            with np.errstate(divide="ignore", invalid="ignore"):           # slab test: the ray inside all 3 slabs
+                t0, t1 = (low - origin) / dirs, (high - origin) / dirs
+            t_near, t_far = np.minimum(t0, t1).max(1), np.maximum(t0, t1).min(1)
+            hit = (t_near < t_far) & (t_near > 0) & (t_near < nearest)     # in front of what was hit so far
+            local = (origin + t_near[hit, None] * dirs[hit] - shape.center) / shape.side   # (P, 3) in the unit cube's frame
+            axis = np.minimum(t0, t1)[hit].argmax(1)                      # the slab entered last is the face
+            color = cube_color(local, axis, np.sign(local[np.arange(len(local)), axis]), shape.cells)
+        else:                                                              # |origin + t dirs - centre| = radius
+            to_origin = origin - np.asarray(shape.center)
+            a, b, c = (dirs * dirs).sum(1), dirs @ to_origin, to_origin @ to_origin - shape.radius ** 2
+            root = np.sqrt(np.maximum(b * b - a * c, 0))
+            t_near = np.where(b * b - a * c >= 0, (-b - root) / a, np.inf)   # the nearer of the two crossings
+            hit = (t_near > 0) & (t_near < nearest)
+            color = ball_color((origin + t_near[hit, None] * dirs[hit] - shape.center) / shape.radius, shape.cells)
+        image[hit] = color[:, list(shape.colors)]
         nearest[hit] = t_near[hit]
     return image.reshape(size, supersample, size, supersample, 3).mean((1, 3))
 
@@ -716,7 +752,7 @@ def make_scene(root: str | Path, scene: str = "cube", n_train: int = 100, n_test
             f"{focal} {size / 2} {size / 2} 0.\n0. 0. 0.\n0.\n{spec.grid_scale}\n{size} {size}\n")
         for k, eye in enumerate(eyes):
             pose = look_at(spec.radius * eye, np.zeros(3))
-            image = render_boxes(pose, focal, size, spec.boxes)
+            image = ray_cast(pose, focal, size, spec.shapes)
             iio.imwrite(folder / "rgb" / f"{k:06d}.png", (image * 255).round().astype(np.uint8))
             np.savetxt(folder / "pose" / f"{k:06d}.txt", pose, fmt="%.8f")
 

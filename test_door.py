@@ -176,3 +176,15 @@ def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_partial_file(tmp_pa
     assert "\n" not in str(error.value) and not (tmp_path / "ckpt.pt.tmp").exists()
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}                       # the saved checkpoint is kept
+
+
+def test_ball_is_ray_cast_as_a_disc_of_the_analytic_radius_and_small_fills_under_a_third_of_the_frame(tmp_path):
+    ball = scenes.Ball((0.0, 0.0, 0.0), 0.5)
+    distance, focal, size = 2.5, 80.0, 64
+    image = scenes.ray_cast(scenes.look_at(np.array([distance, 0.0, 0.0]), np.zeros(3)), focal, size, (ball,), supersample=1)
+    radius_px = focal * ball.radius / np.sqrt(distance ** 2 - ball.radius ** 2)          # the cone's tangent
+    assert (image < 1).any(-1).sum() == pytest.approx(np.pi * radius_px ** 2, rel=0.02)   # a ray per pixel centre
+    scenes.make_scene(tmp_path / "small", "small", n_train=8, n_test=1, size=48)
+    for path in (tmp_path / "small" / "train" / "rgb").glob("*.png"):
+        columns = np.flatnonzero((iio.imread(path) < 250).any(-1).any(0))
+        assert 0 < columns[-1] - columns[0] + 1 < 48 / 3
