@@ -7,21 +7,15 @@
    whose viewing direction is closest): a table on screen and metrics.json.
 3. sheet.png: ground truth | prediction | depth | absolute error for a few test views.
 
-`--view` opens an interactive window instead (matplotlib only): drag to orbit the camera (RGB and
-learned depth side by side), click a pixel to plot the visibility weights along its ray against
-depth, press t to switch between the softmax and the naive model of an ablation run
-(`--run runs/ablation-<scene>`). `--architecture` redraws assets/architecture.png from a forward
-pass of the default model.
-
 The model and its configuration come from the checkpoint. Metrics are computed at the size the
-model renders (its img_size); --size only resizes the images written.
+model renders (its img_size); --size only resizes the images written. The interactive viewer and
+the architecture figure are in viewer.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -55,9 +49,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)")
-    p.add_argument("--view", action="store_true", help="open the interactive viewer on the run (an ablation folder: both models) instead of writing files")
-    p.add_argument("--architecture", action="store_true", help="redraw the architecture figure from a forward pass of the default model "
-                   "into <--out>/architecture.png (default: assets/) and stop")
     args = p.parse_args(argv)
     if args.frames < 1 or args.size < 0:
         p.error("--frames must be at least 1 and --size at least 0")
@@ -98,12 +89,10 @@ def orbit(train: scenes.Scene, cfg: dv.Config, frames: int, elevation: float) ->
 
 
 def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w) or None, seconds per view.
-
-    The grid is inpainted once (it depends on no view), so a view's time is projection, occlusion and rendering."""
+    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w) or None, seconds per view."""
     rgbs, depths, seconds = [], [], []
     with torch.no_grad(), dv.mixed_precision(device, precision):
-        inpainted = model.inpainting(model.grid)                     # (1, C, N, N, N)
+        inpainted = model.inpainting(model.grid)                     # (1, C, N, N, N), once: it depends on no view
         for pose in poses:
             start = time.perf_counter()
             out = model.render_inpainted(inpainted, pose[None].to(device))
@@ -143,242 +132,10 @@ def write_video(stem: Path, frames: np.ndarray) -> list[Path]:
     return [stem.with_suffix(".gif"), stem.with_suffix(".mp4")]
 
 
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-# The interactive viewer (--view): matplotlib only
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-
-DEGREES_PER_PIXEL = 0.4  # orbit speed of a drag: across a 450-px panel, 180 degrees
-CLICK_PIXELS = 3         # a press and release closer than this (screen pixels) is a click, not a drag
-
-
-def camera_pose(center, radius: float, azimuth: float, elevation: float) -> torch.Tensor:
-    """(1, 4, 4) pose at `radius` from `center`, at azimuth and elevation in degrees (world z up), looking at it."""
-    return scenes.orbit_poses(center, radius, 1, elevation, azimuth0=azimuth)
-
-
-def find_models(args: argparse.Namespace) -> tuple[dict[str, dv.DeepVoxels], dict]:
-    """{occlusion kind: model in eval mode} of a run, or of both runs of an ablation folder; and one checkpoint's state."""
-    folder = Path(args.run) if args.run else None
-    paths = [folder / kind / "ckpt.pt" for kind in ("softmax", "naive")] if folder else []
-    if not (paths and all(p.is_file() for p in paths)):
-        paths = [find_checkpoint(args)]
-    loaded = [dv.load_checkpoint(p, args.device) for p in paths]
-    return {model.cfg.occlusion: model.eval() for model, _ in loaded}, loaded[0][1]
-
-
-def viewing_distance(cfg: dv.Config, state: dict) -> float:
-    """The training cameras' mean distance from the grid centre; without the data, the distance at
-    which the grid's bounding sphere fills the narrower half of the field of view."""
-    poses = Path(state["train_config"]["data"], "train", "pose") if "train_config" in state else None
-    if poses is not None and poses.is_dir():
-        return (read_poses(poses)[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
-    half_width = min(cfg.cx, cfg.img_size - cfg.cx, cfg.cy, cfg.img_size - cfg.cy)
-    return cfg.grid_scale * math.sqrt(3) / 2 / math.sin(math.atan(half_width / cfg.focal))
-
-
-class Viewer:
-    """A matplotlib figure on trained models: RGB | depth from an orbiting camera | weights along a clicked ray.
-
-    Drag (left button) on either image to orbit; click a pixel to plot its visibility weights against
-    depth; press t to switch between the models (softmax and naive of an ablation run).
-    """
-
-    def __init__(self, models: dict[str, dv.DeepVoxels], radius: float, figure, azimuth: float = 0.0, elevation: float = 20.0):
-        self.models, self.kind = models, next(iter(models))
-        with torch.no_grad():                                   # the inpainted grid depends on no view: once per model
-            self.inpainted = {kind: model.inpainting(model.grid) for kind, model in models.items()}
-        self.radius, self.azimuth, self.elevation = radius, azimuth, elevation
-        self.pixel = None   # (row, column) of the clicked pixel in the feature map
-        self.press = None   # (screen x, screen y, azimuth, elevation, image u, image v) when the button went down
-        self.figure = figure
-        self.ax_rgb, self.ax_depth, self.ax_ray = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.4]})
-        figure.subplots_adjust(left=0.02, right=0.98, bottom=0.16, top=0.84, wspace=0.25)
-        for name, handler in (("button_press_event", self.on_press), ("motion_notify_event", self.on_motion),
-                              ("button_release_event", self.on_release), ("key_press_event", self.on_key)):
-            figure.canvas.mpl_connect(name, handler)
-        self.update()
-
-    @property
-    def pose(self) -> torch.Tensor:
-        """(1, 4, 4) the current camera."""
-        return camera_pose(self.models[self.kind].cfg.grid_center, self.radius, self.azimuth, self.elevation)
-
-    def update(self) -> None:
-        """Render the current model from the current camera and redraw all three panels."""
-        model = self.models[self.kind]
-        with torch.no_grad():
-            self.out = model.render_inpainted(self.inpainted[self.kind], self.pose)
-        size = model.cfg.img_size
-        other = [k for k in self.models if k != self.kind]
-        self.ax_rgb.clear()
-        self.ax_rgb.imshow(self.out["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), extent=(0, size, size, 0))
-        self.ax_rgb.set_title(f"{self.kind} occlusion" + (f" (t: {other[0]})" if other else "")
-                              + f"\nazimuth {self.azimuth:.0f}°, elevation {self.elevation:.0f}°")
-        self.ax_depth.clear()
-        if self.out["depth"] is None:
-            self.ax_depth.imshow(np.full((size, size), 0.5), cmap="gray", vmin=0, vmax=1, extent=(0, size, size, 0))
-            self.ax_depth.set_title("no depth: naive occlusion")
-        else:
-            self.ax_depth.imshow(self.out["depth"][0, 0].numpy(), cmap="viridis_r", extent=(0, size, size, 0))
-            self.ax_depth.set_title("learned depth (bright: near)")
-        self.ax_rgb.axis("off")
-        self.ax_depth.axis("off")
-        self.draw_ray()
-
-    def draw_ray(self) -> None:
-        """Plot the visibility weights along the clicked pixel's ray against the depth of each plane."""
-        self.ax_ray.clear()
-        self.ax_ray.set(xlabel="depth along the ray (world units)", ylabel="visibility weight")
-        if self.pixel is None or self.out["weights"] is None:
-            self.ax_ray.set_title("click a pixel" if self.out["weights"] is not None else "naive occlusion: no visibility weights")
-        else:
-            i, j = self.pixel
-            self.ax_ray.plot(self.out["depths"][0].numpy(), self.out["weights"][0, :, i, j].numpy(), ".-", color="tab:red")
-            self.ax_ray.axvline(self.out["depth"][0, 0, i, j].item(), color="gray", ls="--", lw=1)
-            self.ax_ray.set_title(f"weights along feature pixel (row {i}, column {j})\ndashed: its depth Σ_d w_d z_d")
-            size, h = self.models[self.kind].cfg.img_size, self.out["weights"].shape[-1]
-            for ax in (self.ax_rgb, self.ax_depth):
-                ax.plot((j + 0.5) * size / h, (i + 0.5) * size / h, "o", color="tab:red", ms=5)
-        self.figure.canvas.draw_idle()
-
-    def on_press(self, event) -> None:
-        if event.button == 1 and event.inaxes in (self.ax_rgb, self.ax_depth):
-            self.press = (event.x, event.y, self.azimuth, self.elevation, event.xdata, event.ydata)
-
-    def on_motion(self, event) -> None:
-        if self.press is not None and event.button == 1:
-            x, y, azimuth, elevation = self.press[:4]
-            self.azimuth = azimuth - (event.x - x) * DEGREES_PER_PIXEL                 # drag right: the object turns right
-            self.elevation = float(np.clip(elevation - (event.y - y) * DEGREES_PER_PIXEL, -85, 85))
-            self.update()
-
-    def on_release(self, event) -> None:
-        if self.press is None:
-            return
-        x, y, _, _, u, v = self.press
-        self.press = None
-        if abs(event.x - x) < CLICK_PIXELS and abs(event.y - y) < CLICK_PIXELS:    # a click: pick the pixel under it
-            size = self.models[self.kind].cfg.img_size
-            h = self.models[self.kind].cfg.feat_size
-            self.pixel = (min(int(v / size * h), h - 1), min(int(u / size * h), h - 1))
-            self.update()
-
-    def on_key(self, event) -> None:
-        if event.key == "t" and len(self.models) > 1:
-            kinds = list(self.models)
-            self.kind = kinds[(kinds.index(self.kind) + 1) % len(kinds)]
-            self.update()
-
-
-def view(args: argparse.Namespace) -> Viewer:
-    """Open the viewer on the run of --run / --ckpt (the newest run by default)."""
-    import matplotlib.pyplot as plt
-
-    models, state = find_models(args)
-    model = next(iter(models.values()))
-    viewer = Viewer(models, viewing_distance(model.cfg, state), plt.figure(figsize=(11, 3.8)))
-    print("drag: orbit | click: weights along that pixel's ray" + (" | t: softmax <-> naive" if len(models) > 1 else ""))
-    plt.show()
-    return viewer
-
-
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-# The architecture in one picture (--architecture): every shape from a real forward pass
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-
-# Blocks of one training step: name -> (column, row, title, the module that holds its parameters).
-BLOCKS = {
-    "source": (0, 2, "source image", None), "extract": (1, 2, "2. feature extraction\nFeatureExtractor", "encoder"),
-    "lift": (2, 2, "3. lifting\nlift", None), "gru": (3, 2, "4. integration\nIntegrationGRU", "gru"),
-    "grid": (4, 2, "persistent grid H\n(the DeepVoxels)", None), "inpaint": (3, 1, "5. 3D inpainting\n3D U-Net", "inpainting"),
-    "project": (2, 1, "6. projection\nproject", None), "occlusion": (1, 1, "7. occlusion\nsoftmax over depth", "occlusion"),
-    "render": (0, 1, "8. rendering\nRenderingNet", "renderer"), "loss": (-1, 1, "loss\nL1 (+ adversarial)", None),
-    "poses": (2, 0, "target poses", None), "depth": (1, 0, "visibility weights $w_d$,\ndepth map $\\sum_d w_d z_d$", None), "targets": (-1, 0, "target images", None),
-}
-# Arrows: (from, to, what flows, its shape in the letters of deepvoxels.py, where the forward pass returns it).
-ARROWS = [
-    ("source", "extract", "source image", "(1, 3, H, W)", "source_image"), ("extract", "lift", "features", "(1, C, h, w)", "features"),
-    ("lift", "gru", "lifted X", "(1, C, N, N, N)", "lifted"), ("grid", "gru", "H", "(1, C, N, N, N)", "grid"),
-    ("gru", "grid", "H' (written back)", "(1, C, N, N, N)", "grid"), ("gru", "inpaint", "H'", "(1, C, N, N, N)", "grid"),
-    ("inpaint", "project", "inpainted", "(1, C, N, N, N)", "inpainted"), ("poses", "project", "target poses", "(B, 4, 4)", "target_poses"),
-    ("project", "occlusion", "view volume", "(B, C, D, h, w)", "view_volume"),
-    ("occlusion", "depth", "weights", "(B, D, h, w)", "weights"), ("occlusion", "depth", "depth", "(B, 1, h, w)", "depth"),
-    ("occlusion", "render", "flat features", "(B, C, h, w)", "flat_features"), ("render", "loss", "rgb", "(B, 3, H, W)", "rgb"),
-    ("targets", "loss", "target images", "(B, 3, H, W)", "target_images"),
-]
-
-
-def architecture(model: dv.DeepVoxels, targets: int = 2) -> dict:
-    """{"arrows": ARROWS with the shape each tensor has in a real training forward pass of `model` (one random
-    source view, `targets` target views on a circle around the grid), "parameters": {block: count}}."""
-    cfg = model.cfg
-    poses = scenes.orbit_poses(cfg.grid_center, 2.5 * cfg.grid_scale, targets + 1)
-    source = torch.rand(1, 3, cfg.img_size, cfg.img_size)
-    with torch.no_grad():
-        out = model.eval()(source, poses[:1], poses[1:])
-    out = {**out, "source_image": source, "target_poses": poses[1:], "target_images": torch.rand_like(out["rgb"])}
-    arrows = [{"from": a, "to": b, "name": name, "letters": letters, "key": key, "shape": list(out[key].shape)}
-              for a, b, name, letters, key in ARROWS]
-    parameters = {block: sum(p.numel() for p in getattr(model, module).parameters())
-                  for block, (_, _, _, module) in BLOCKS.items() if module}
-    return {"arrows": arrows, "parameters": {**parameters, "total": sum(p.numel() for p in model.parameters())}}
-
-
-def draw_architecture(model: dv.DeepVoxels, path: Path) -> dict:
-    """Draw every stage as a block and every tensor as an arrow labelled with its shape; saved to `path`
-    with architecture(model) as JSON in the PNG's Description, so a test can tell whether it is current."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import FancyBboxPatch
-
-    drawn = architecture(model)
-    cfg, dx, box_w, box_h = model.cfg, 3.0, 1.7, 0.62
-    figure = Figure(figsize=(15, 5.6), dpi=90)
-    FigureCanvasAgg(figure)
-    ax = figure.add_axes((0, 0, 1, 1))
-    ax.set(xlim=(-1 * dx - 1.1, 4 * dx + 1.1), ylim=(-0.55, 2.75))
-    ax.axis("off")
-    for block, (column, row, title, module) in BLOCKS.items():
-        params = "" if module is None else f"\n{drawn['parameters'][block] / 1e6:.2f} M parameters"
-        color = "#dde8f5" if module else "#f3f3f3"
-        ax.add_patch(FancyBboxPatch((column * dx - box_w / 2, row - box_h / 2), box_w, box_h,
-                                    boxstyle="round,pad=0.03", fc=color, ec="#445"))
-        ax.text(column * dx, row, title + params, ha="center", va="center", fontsize=8.5)
-    offsets = {("grid", "gru"): 0.12, ("gru", "grid"): -0.12, "weights": -0.4, "depth": 0.4}  # where two arrows join two blocks
-    for arrow in drawn["arrows"]:
-        (x0, y0), (x1, y1) = [(BLOCKS[arrow[k]][0] * dx, BLOCKS[arrow[k]][1]) for k in ("from", "to")]
-        label = f"{arrow['name']}\n{arrow['letters']}\n{tuple(arrow['shape'])}"
-        if y0 == y1:                                                  # horizontal: from edge to edge, label above
-            y0 = y1 = y0 + offsets.get((arrow["from"], arrow["to"]), 0)
-            sign = 1 if x1 > x0 else -1
-            start, end = (x0 + sign * box_w / 2, y0), (x1 - sign * box_w / 2, y1)
-            where = dict(xy=((x0 + x1) / 2, y0 + (0.03 if y0 >= BLOCKS[arrow["to"]][1] else -0.03)), ha="center",
-                         va="bottom" if y0 >= BLOCKS[arrow["to"]][1] else "top")
-        else:                                                         # vertical: label to the right (left of a left arrow)
-            shift = offsets.get(arrow["key"], 0) if arrow["from"] == "occlusion" else 0
-            x0 = x1 = x0 + shift
-            sign = 1 if y1 > y0 else -1
-            start, end = (x0, y0 + sign * box_h / 2), (x1, y1 - sign * box_h / 2)
-            where = dict(xy=(x0 + (0.08 if shift >= 0 else -0.08), (y0 + y1) / 2), ha="left" if shift >= 0 else "right", va="center")
-        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="#223", lw=1.2))
-        ax.text(*where["xy"], label, ha=where["ha"], va=where["va"], fontsize=7.5, color="#223")
-    ax.text(-1 * dx - 1.0, 2.62, f"DeepVoxels, one training step (deepvoxels.py, default Config): B = 2 targets, C = {cfg.channels} features, "
-            f"N = {cfg.grid_size} voxels per side, D = {cfg.depth_planes} depth planes, h = w = {cfg.feat_size}, H = W = {cfg.img_size}; "
-            f"{drawn['parameters']['total'] / 1e6:.2f} M parameters. Test time starts at the persistent grid.", fontsize=9, va="top")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, metadata={"Description": json.dumps(drawn)})
-    return drawn
-
-
-def main(argv=None) -> dict | Viewer | None:
+def main(argv=None) -> dict:
+    """Render the orbit (or --poses), score every test view, write the sheet; returns what metrics.json holds."""
     args = parse_args(argv)
     torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
-    if args.view:
-        return view(args)
-    if args.architecture:
-        path = Path(args.out or Path(__file__).parent / "assets") / "architecture.png"
-        draw_architecture(dv.DeepVoxels(dv.Config()), path)
-        return print(f"wrote {path}")
     ckpt = find_checkpoint(args)
     model, state = dv.load_checkpoint(ckpt, args.device)               # weights_only, onto args.device
     model.eval()
