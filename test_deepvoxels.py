@@ -24,6 +24,7 @@ import deepvoxels as dv
 import scenes
 import render
 import train
+import viewer
 
 HERE = Path(__file__).parent
 TINY = dv.Config(img_size=16, feat_size=16, grid_size=8, channels=8, depth_planes=8, unet_width=8, occlusion_width=4)
@@ -282,7 +283,7 @@ def test_cube_is_deterministic_and_opaque_where_expected(cube, tmp_path):
     for name in ("train/rgb/000003.png", "test/pose/000001.txt", "train/intrinsics.txt"):
         assert (cube / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     pose = scenes.look_at(np.array([2.5, 0, 0]), np.zeros(3))
-    image = scenes.render_boxes(pose, 32.0, 32, scenes.SCENES["cube"].boxes)
+    image = scenes.ray_cast(pose, 32.0, 32, scenes.SCENES["cube"].shapes)
     # The cube's +x face spans |y|, |z| <= 0.5 at distance 2: pixels within 32 * 0.5/2 = 8 of the centre.
     assert (image[9:23, 9:23] < 0.99).any(-1).all() and np.allclose(image[:5], 1.0) and np.allclose(image[27:], 1.0)
 
@@ -523,10 +524,10 @@ def test_recipe_flags_round_trip_through_the_checkpoint_and_resume_restores_the_
 
 
 def test_two_cubes_scene_shows_the_nearer_cube():
-    far, near = scenes.SCENES["two_cubes"].boxes
+    far, near = scenes.SCENES["two_cubes"].shapes
     axis = np.subtract(near.center, far.center)
     pose = scenes.look_at(3 * axis / np.linalg.norm(axis), np.zeros(3))                   # both centres on the optical axis
-    both, alone_near, alone_far = (scenes.render_boxes(pose, 40.0, 24, boxes) for boxes in ((far, near), (near,), (far,)))
+    both, alone_near, alone_far = (scenes.ray_cast(pose, 40.0, 24, boxes) for boxes in ((far, near), (near,), (far,)))
     assert np.array_equal(both[10:14, 10:14], alone_near[10:14, 10:14])          # the nearer cube hides the other
     assert not np.allclose(alone_near[10:14, 10:14], alone_far[10:14, 10:14])
 
@@ -540,16 +541,16 @@ def test_blocks_scene_is_harder_small_finely_textured_and_self_occluding(tmp_pat
     for occupied in (foreground.any(2), foreground.any(1)):                       # (V, 48): rows, then columns
         first, last = occupied.float().argmax(1), 47 - occupied.flip(1).float().argmax(1)
         assert occupied.any(1).all() and (last - first + 1).max() <= 24          # objects fill at most half the frame
-    assert min(box.cells for box in spec.boxes) >= 6
+    assert min(box.cells for box in spec.shapes) >= 6
     line = np.stack([np.linspace(-0.499, 0.499, 400), np.zeros(400), np.zeros(400)], 1)   # across a -z face
     color = scenes.cube_color(line, np.full(400, 2), -np.ones(400), cells=8)
     assert (np.abs(np.diff(color, axis=0)).sum(1) > 0.05).sum() == 7              # 8 checker cells: 7 edges
-    a, b = spec.boxes[0], spec.boxes[1]                                            # one block hides the other
+    a, b = spec.shapes[0], spec.shapes[1]                                            # one block hides the other
     axis = np.subtract(b.center, a.center)
     pose = scenes.look_at(np.asarray(b.center) + 3 * axis / np.linalg.norm(axis), np.asarray(b.center))
-    both, alone_b = scenes.render_boxes(pose, 40.0, 24, (a, b)), scenes.render_boxes(pose, 40.0, 24, (b,))
+    both, alone_b = scenes.ray_cast(pose, 40.0, 24, (a, b)), scenes.ray_cast(pose, 40.0, 24, (b,))
     assert np.array_equal(both[11:13, 11:13], alone_b[11:13, 11:13])
-    assert not np.allclose(scenes.render_boxes(pose, 40.0, 24, (a,))[11:13, 11:13], alone_b[11:13, 11:13])
+    assert not np.allclose(scenes.ray_cast(pose, 40.0, 24, (a,))[11:13, 11:13], alone_b[11:13, 11:13])
 
 
 # ── Issue 3: render.py (PSNR, SSIM, nearest-neighbour baseline, orbit, metrics, bad input) ──────
@@ -986,11 +987,11 @@ def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_pat
     from matplotlib.figure import Figure
 
     models = tiny_checkpoints(tmp_path / "ablation")
-    loaded, _ = render.find_models(render.parse_args(["--run", str(tmp_path / "ablation"), "--device", "cpu"]))
+    loaded, _ = viewer.find_models(viewer.parse_args(["--run", str(tmp_path / "ablation")]))
     assert sorted(loaded) == ["naive", "softmax"]
     figure = Figure()
     FigureCanvasAgg(figure)
-    viewer = render.Viewer(loaded, radius=2.5, figure=figure, azimuth=0.0, elevation=20.0)
+    window = viewer.Viewer(loaded, radius=2.5, figure=figure, azimuth=0.0, elevation=20.0)
     figure.canvas.draw()
 
     def expected(kind: str, azimuth: float, elevation: float) -> dict:
@@ -1000,35 +1001,35 @@ def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_pat
         with torch.no_grad():
             return models[kind].render(torch.from_numpy(scenes.look_at(eye, np.zeros(3))).float()[None])
 
-    shown = lambda: viewer.ax_rgb.images[0].get_array()
+    shown = lambda: window.ax_rgb.images[0].get_array()
     assert np.allclose(shown(), expected("softmax", 0, 20)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
     # drag 50 screen pixels right and 25 up on the RGB panel: the camera turns -20 degrees, goes 10 down
-    x0, y0 = viewer.ax_rgb.transData.transform((8.0, 8.0))
-    u1, v1 = viewer.ax_rgb.transData.inverted().transform((x0 + 50, y0 + 25))
-    send(figure, "button_press_event", viewer.ax_rgb, 8.0, 8.0)
-    send(figure, "motion_notify_event", viewer.ax_rgb, u1, v1)
-    send(figure, "button_release_event", viewer.ax_rgb, u1, v1)
-    assert (viewer.azimuth, viewer.elevation) == pytest.approx((-20.0, 10.0), abs=1e-6) and viewer.pixel is None
+    x0, y0 = window.ax_rgb.transData.transform((8.0, 8.0))
+    u1, v1 = window.ax_rgb.transData.inverted().transform((x0 + 50, y0 + 25))
+    send(figure, "button_press_event", window.ax_rgb, 8.0, 8.0)
+    send(figure, "motion_notify_event", window.ax_rgb, u1, v1)
+    send(figure, "button_release_event", window.ax_rgb, u1, v1)
+    assert (window.azimuth, window.elevation) == pytest.approx((-20.0, 10.0), abs=1e-6) and window.pixel is None
     after_drag = expected("softmax", -20, 10)
     assert np.allclose(shown(), after_drag["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
     # click feature pixel (row 5, column 11) on the depth panel: its weights against the plane depths
-    send(figure, "button_press_event", viewer.ax_depth, 11.5, 5.5)
-    send(figure, "button_release_event", viewer.ax_depth, 11.6, 5.4)
-    assert viewer.pixel == (5, 11) and (viewer.azimuth, viewer.elevation) == pytest.approx((-20.0, 10.0))
-    (line,) = viewer.ax_ray.lines[:1]
-    near, far = dv.view_depth_range(viewer.pose, models["softmax"].cfg)
+    send(figure, "button_press_event", window.ax_depth, 11.5, 5.5)
+    send(figure, "button_release_event", window.ax_depth, 11.6, 5.4)
+    assert window.pixel == (5, 11) and (window.azimuth, window.elevation) == pytest.approx((-20.0, 10.0))
+    (line,) = window.ax_ray.lines[:1]
+    near, far = dv.view_depth_range(window.pose, models["softmax"].cfg)
     assert np.allclose(line.get_xdata(), np.linspace(near.item(), far.item(), 8), atol=1e-5)
     assert np.allclose(line.get_ydata(), after_drag["weights"][0, :, 5, 11].numpy(), atol=1e-6)
     assert line.get_ydata().sum() == pytest.approx(1.0, abs=1e-5)
     # t: the naive model from the same camera, which has no weights to plot
     figure.canvas.callbacks.process("key_press_event", KeyEvent("key_press_event", figure.canvas, "t"))
-    assert viewer.kind == "naive" and not viewer.ax_ray.lines
+    assert window.kind == "naive" and not window.ax_ray.lines
     assert np.allclose(shown(), expected("naive", -20, 10)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
 
 
 def test_architecture_figure_shows_the_forward_pass_shapes_and_is_current(tmp_path):
     cfg = replace(SMALL, grid_size=12, depth_planes=24)                  # sizes unlike the defaults: every letter differs
-    drawn = render.draw_architecture(dv.DeepVoxels(cfg), tmp_path / "architecture.png")
+    drawn = viewer.draw_architecture(dv.DeepVoxels(cfg), tmp_path / "architecture.png")
     letters = {"B": 2, "C": cfg.channels, "N": cfg.grid_size, "D": cfg.depth_planes, "h": cfg.feat_size, "w": cfg.feat_size,
                "H": cfg.img_size, "W": cfg.img_size}
     for arrow in drawn["arrows"]:                                         # the letters of the docstrings, evaluated by hand
@@ -1039,8 +1040,8 @@ def test_architecture_figure_shows_the_forward_pass_shapes_and_is_current(tmp_pa
     assert {a["key"] for a in drawn["arrows"]} >= {"features", "lifted", "grid", "inpainted", "view_volume", "weights", "depth", "rgb"}
     # the picture in the README: drawn from the current default model
     stored = json.loads(iio.immeta(HERE / "assets" / "architecture.png")["Description"])
-    current = render.architecture(dv.DeepVoxels(dv.Config()))
-    assert stored == current, "assets/architecture.png is out of date: redraw it with  python render.py --architecture"
+    current = viewer.architecture(dv.DeepVoxels(dv.Config()))
+    assert stored == current, "assets/architecture.png is out of date: redraw it with  python viewer.py --architecture"
 
 
 def test_readme_equation_table_points_at_lines_that_exist():
@@ -1517,3 +1518,38 @@ def test_checkpoint_left_by_a_sigkill_mid_write_is_a_complete_save(tmp_path):
     state = torch.load(path, weights_only=True)
     assert state["i"] in (1, 2) and len(state["weights"]) == 2000
     assert all(torch.equal(w, torch.full((1000,), float(state["i"]))) for w in state["weights"])
+
+
+def test_readme_notebook_and_docs_quote_the_same_headline():
+    """The default 10-minute cube run is measured in one place, docs/measurements.md (its headline line
+    and the per-scene table); README.md and the notebook's prose repeat its dB figures and CPU exactly."""
+    import re
+
+    import nbformat
+
+    measurements = (HERE / "docs" / "measurements.md").read_text()
+    headline = next(line for line in measurements.splitlines() if line.endswith("<!-- headline -->"))
+    figures = re.findall(r"(\d+\.\d+) dB", headline)
+    assert len(figures) == 3, headline                                    # bf16, AVX2 fp32, the nearest view
+    bf16, fp32, nearest = figures
+    cpu = re.search(r"model name is `([^`]+)`", headline).group(1)
+    cells = lambda line: [cell.strip() for cell in line.strip().strip("|").split("|")]
+    header = next(cells(line) for line in measurements.splitlines() if line.startswith("| scene | precision |"))
+    rows = {tuple(cells(line)[:2]): cells(line) for line in measurements.splitlines() if line.startswith("| `cube` |")}
+    for precision, figure in (("bf16", bf16), ("AVX2 fp32", fp32)):  # the table the headline line sums up
+        row = rows[("`cube`", precision)]
+        assert (row[header.index("10 min")], row[header.index("nearest view")]) == (figure, nearest), row
+
+    notebook = nbformat.read(HERE / "tutorial.ipynb", as_version=4)
+    prose = "\n\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    for name, text in (("README.md", (HERE / "README.md").read_text()), ("tutorial.ipynb", prose)):
+        assert cpu in text, f"{name} does not name the CPU {cpu!r}"
+        for figure in figures:
+            assert f"{figure} dB" in text, f"{name} does not quote {figure} dB"
+            rounded = f"{float(figure):.1f}"                              # a rounded copy is a second figure
+            assert not re.search(rf"(?<![\d.]){re.escape(rounded)} dB", text), f"{name} quotes {rounded} dB"
+        for paragraph in re.split(r"\n\s*\n", text):                      # a code block line by line (the log)
+            for unit in paragraph.splitlines() if "```" in paragraph else [paragraph]:
+                if re.search(r"10 minutes|10-minute|10\.0 min", unit):
+                    quoted = set(re.findall(r"(\d+\.\d+) dB", unit))
+                    assert quoted <= set(figures), f"{name}: a 10-minute run quoted as {quoted - set(figures)}: {unit!r}"
