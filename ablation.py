@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure  # no pyplot: no global backend
 
 import deepvoxels as dv
+import render
 import scenes
 import train as trainer
 
@@ -103,7 +104,7 @@ def angle_to_training(train: scenes.Scene, held_out: scenes.Scene) -> torch.Tens
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="./cube", help="scene folder, any layout train.py reads (default: ./cube)")
     parser.add_argument("--iters", type=int, default=1000, help="training steps of each model (default: 1000)")
     parser.add_argument("--minutes", type=float, default=0.0, help="training time of each model, if it ends before --iters (default: 0, no limit)")
@@ -118,13 +119,10 @@ def main(argv=None) -> None:
                         help="--holdout half: the least angle in degrees between a held-out viewing direction and every training one (default: 30)")
     parser.add_argument("--views", type=int, default=16, help="--holdout sparse: training views kept (default: 16)")
     args, train_flags = parser.parse_known_args(argv)
+    trainer.parse_args(["--data", args.data, *train_flags])                       # train.py's flags, checked before any work
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
-    if not Path(args.data).exists() and Path(args.data).name in scenes.SCENES:
-        print(f"{Path(args.data)} does not exist: generating the synthetic scene '{Path(args.data).name}' there (a few seconds)")
-        scenes.make_scene(args.data, Path(args.data).name)
-    if not Path(args.data).is_dir():
-        raise dv.DataError(f"{args.data}: no such data folder")
+    scenes.find_scene(args.data)
     if args.holdout == "half":
         args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin))
     if args.holdout == "sparse":
@@ -143,8 +141,8 @@ def main(argv=None) -> None:
     columns, histories = [], {}
     for kind, (model, state) in models.items():
         histories[kind] = state["history"]
-        train_psnr, _, _ = trainer.evaluate(model, train_views, "cpu", "fp32")
-        test_psnr, test_rgb, depth = trainer.evaluate(model, test, "cpu", "fp32")
+        train_psnr, _, _ = render.evaluate(model, train_views, "cpu", "fp32")
+        test_psnr, test_rgb, depth = render.evaluate(model, test, "cpu", "fp32")
         n_params = sum(p.numel() for p in model.parameters())
         print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | {train_psnr:.2f} | {test_psnr:.2f} "
               f"| {train_psnr - test_psnr:.2f} |")

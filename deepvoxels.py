@@ -33,6 +33,7 @@ volume, h x w the 2D feature maps, H x W the images.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,7 +497,7 @@ class DeepVoxels(nn.Module):
     def render(self, poses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU).
 
-        Call model.eval() first, as train.evaluate and render.py do: in train mode batch norm
+        Call model.eval() first, as render.evaluate and render.main do: in train mode batch norm
         normalises with these poses' own statistics and updates its running statistics from them.
         """
         return self.render_grid(self.grid, poses)
@@ -519,6 +520,18 @@ def mixed_precision(device: str, precision: str = "auto") -> torch.autocast:
     plain fp32 otherwise. `precision` is "auto", "bf16" or "fp32"."""
     enabled = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@contextlib.contextmanager
+def flushed_denormals():
+    """Inside, denormal floats are flushed to zero: a grid drifting into them would double a CPU's step time. The setting
+    before is restored after (torch has no getter: when flushing, a denormal times 1 reads 0)."""
+    before = (torch.tensor([1e-40]) * 1.0).item() == 0.0
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 class FastConv3d(nn.Conv3d):
@@ -588,8 +601,9 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         raise DataError(f"{path}: cannot write the checkpoint ({reason})") from None
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[DeepVoxels, dict]:
-    """Rebuild the model from a checkpoint (its own Config); returns the model and the whole state."""
+def load_checkpoint(path: str | Path, device: str = "cpu", needs: dict[str, type] | None = None) -> tuple[DeepVoxels, dict]:
+    """Rebuild the model from a checkpoint (its own Config); returns the model and the whole state, which must hold
+    every entry of `needs` ({"step": int, ...}) with its type."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
@@ -597,6 +611,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[DeepVoxels, 
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception:  # empty, truncated, foreign, or a pickle that is more than plain data
         raise DataError(f"{path}: not a DeepVoxels checkpoint (not a readable file of plain tensors)") from None
+    needs = {"config": dict, "model": dict, **(needs or {})}
+    missing = [key for key, kind in needs.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    if missing:
+        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version (no valid {', '.join(missing)} entry)")
     try:
         cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
         model = DeepVoxels(cfg).to(device)

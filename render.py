@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ SHEET_VIEWS = 4  # test views on sheet.png, spread over the test split
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags; every one has a default, so `python render.py` renders the newest run."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
     which.add_argument("--run", help="run folder holding ckpt.pt (default: the newest under runs/)")
@@ -50,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)")
     args = p.parse_args(argv)
-    if args.frames < 1 or args.size < 0:
-        p.error("--frames must be at least 1 and --size at least 0")
+    scenes.check_number("--frames", "the value", args.frames, (">=", 1))
+    scenes.check_number("--size", "the value", args.size, (">=", 0))
+    scenes.check_device(args.device)
     return args
 
 
@@ -73,15 +73,6 @@ def read_poses(folder: Path) -> torch.Tensor:
     return torch.from_numpy(np.stack([scenes.read_pose(f) for f in files])).float()
 
 
-def check_writable(out: Path) -> None:
-    """Create the output folder and try a write there, before any slow rendering."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise dv.DataError(f"{out}: cannot write the output folder ({e.strerror or e})") from None
-
-
 def orbit(train: scenes.Scene, cfg: dv.Config, frames: int, elevation: float) -> torch.Tensor:
     """(frames, 4, 4) poses circling the grid centre at the training cameras' mean distance from it."""
     radius = (train.poses[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
@@ -101,6 +92,27 @@ def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precisi
             depths.append(out["depth"])
     depth = None if depths[0] is None else torch.cat(depths).float().cpu()  # None: the naive-occlusion ablation
     return torch.cat(rgbs), depth, seconds
+
+
+def evaluate(model: dv.DeepVoxels, scene: scenes.Scene, device: str, precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+    """Mean PSNR of a scene's views rendered from the grid alone in eval mode (the mode is restored after), with the
+    renders (V, 3, H, W) and depth maps (V, 1, h, w), None for the naive occlusion; eight views at a time."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), dv.mixed_precision(device, precision):
+        outs = [model.render(poses.to(device)) for poses in scene.poses.split(8)]
+    model.train(was_training)
+    rgb = torch.cat([o["rgb"] for o in outs]).float().cpu()
+    depth = None if outs[0]["depth"] is None else torch.cat([o["depth"] for o in outs]).float().cpu()
+    return dv.psnr(rgb, scene.images).mean().item(), rgb, depth
+
+
+def save_preview(path: Path, test: scenes.Scene, rgb: torch.Tensor, depth: torch.Tensor | None, views: int = 4) -> None:
+    """PNG with one row per held-out view: target | prediction | depth (if the model has one)."""
+    size = test.images.shape[-1]
+    depth_column = [] if depth is None else [scenes.colorize_depth(depth[:views], size)]
+    rows = torch.cat([test.images[:views], rgb[:views].clamp(0, 1), *depth_column], dim=3)  # (views, 3, H, 2W or 3W)
+    iio.imwrite(path, np.concatenate(to_uint8(rows)))                                       # rows stacked vertically
 
 
 def depth_images(depth: torch.Tensor | None, n: int, size: int, depth_range=None) -> torch.Tensor:
@@ -137,7 +149,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
     ckpt = find_checkpoint(args)
-    model, state = dv.load_checkpoint(ckpt, args.device)               # weights_only, onto args.device
+    model, state = dv.load_checkpoint(ckpt, args.device, {"step": int, "seconds": float, "train_config": dict})   # weights_only
     model.eval()
     cfg = model.cfg
     data = Path(args.data or state["train_config"]["data"])
@@ -147,7 +159,7 @@ def main(argv=None) -> dict:
     split, test = ("train", train) if test is None else ("test", test)
     path = read_poses(Path(args.poses)) if args.poses else None
     out = Path(args.out or ckpt.parent / "render")
-    check_writable(out)
+    scenes.check_writable(out, "metrics.json", "sheet.png", *(f"{'path' if args.poses else 'orbit'}.{kind}" for kind in ("gif", "mp4")))
     size = args.size or cfg.img_size
     precision = dv.resolve_precision(args.device, args.precision)                 # what auto chose, for the log and metrics.json
     print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; {len(test.names)} {split} "

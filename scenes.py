@@ -1,10 +1,11 @@
-"""Everything about a scene that is not the paper: the dataset layouts people bring, each read into the
-same `Scene`; where the voxel grid goes and whether it encloses the object; the synthetic scenes; the
+"""Everything about a scene that is not the paper: the checks every input passes at the door (files,
+numbers, flags, devices, output folders); the dataset layouts people bring, each read into the same
+`Scene`; where the voxel grid goes and whether it encloses the object; the synthetic scenes; the
 figures of a scene (cameras.png, depth colours). The model in deepvoxels.py never imports this file.
 
 Sections:
-  1. Reading files: intrinsics.txt, poses, images       4. Views: nearest neighbours, the nearest-view baseline
-  2. Five layouts, one Scene (`load_scene`)             5. Synthetic scenes: cameras, boxes, a ray caster
+  1. Checks at the door, and reading files              4. Views: nearest neighbours, the nearest-view baseline
+  2. Five layouts, one Scene (`load_scene`)             5. Synthetic scenes: cameras, boxes, balls, a ray caster
   3. The grid: placement and check                      6. Figures: the set-up, depth maps
 
 DeepVoxels layout: <scene>/<split>/rgb/000000.png, <scene>/<split>/pose/000000.txt, <scene>/<split>/intrinsics.txt
@@ -17,8 +18,10 @@ NSVF, NeRF (transforms*.json), instant-ngp/nerfstudio and COLMAP: see `load_scen
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -28,11 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from deepvoxels import (Config, DataError, camera_to_pixel, intrinsics_matrix, opengl_to_opencv, pixel_centers,
-                        pixel_to_ray, world_to_camera)
+                        pixel_to_ray, psnr, world_to_camera)
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# 1. Reading files: one function per kind of file, each naming the file in its error
+# 1. Checks at the door, one function per kind (numbers, cameras, poses, text, images, flags, devices,
+#    output folders), each one DataError line naming the file or flag, before any work
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 @dataclass
@@ -105,6 +109,38 @@ def check_pose(where: str | Path, pose: np.ndarray) -> np.ndarray:
         raise DataError(f"{where}: the pose's 3x3 part is a reflection (determinant -1), not a rotation: "
                         f"is one axis flipped (OpenGL vs OpenCV)?")
     return pose
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the scripts, but a misspelt or mistyped flag is one DataError line, not a usage block."""
+
+    def error(self, message: str):
+        raise DataError(f"{self.prog}: {message} (see --help)")
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can compute on it on this machine; else one DataError line."""
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise DataError(f"--device {device}: not a device torch knows (cpu, cuda, cuda:1, mps)") from None
+    present = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}.get(kind.type, 0)
+    if (kind.index or 0) >= present:
+        raise DataError(f"--device {device}: this machine has no such device (torch sees {torch.cuda.device_count()} CUDA GPUs)")
+    return device
+
+
+def check_writable(folder: Path, *names: str) -> Path:
+    """Make `folder` and check that it, and each file `names` in it, can be written, before any slow work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise DataError(f"{folder}: cannot write the output folder ({e.strerror or e})") from None
+    for name in names:
+        if (folder / name).exists() and not (folder / name).is_file():
+            raise DataError(f"{folder / name}: is a folder, so {name} cannot be written there")
+    return folder
 
 
 def read_text(path: Path) -> str:
@@ -487,10 +523,14 @@ def estimate_grid_placement(poses: torch.Tensor, intr: Intrinsics) -> tuple[tupl
     return tuple(center.tolist()), float((2 * dist * half_width).min())
 
 
-def scene_config(train: Scene, sizes: Config, grid_center=None, grid_scale=None) -> Config:
-    """Fill the scene part of a Config: intrinsics at img_size; the grid from the flags, else the files
-    (bbox.txt, then intrinsics.txt: the readers put them in train.intrinsics), else the cameras."""
+def scene_config(train: Scene, sizes: Config, grid_center: tuple | str | None = None, grid_scale: float | None = None) -> Config:
+    """Fill the scene part of a Config: intrinsics at img_size; the grid from the flags (a centre (x, y, z) or "x y z"),
+    else the files (bbox.txt, then intrinsics.txt: the readers put them in train.intrinsics), else the cameras."""
     i = train.intrinsics
+    if isinstance(grid_center, str):                                           # --grid_center 'x y z'
+        if len(grid_center.split()) != 3:
+            raise DataError(f"--grid_center: expected three numbers 'x y z', got {grid_center!r}")
+        grid_center = tuple(check_number("--grid_center", f"the grid centre's {axis}", v) for axis, v in zip("xyz", grid_center.split()))
     for axis, value in zip("xyz", grid_center or ()):
         check_number("--grid_center", f"the grid centre's {axis}", value)
     if grid_scale is not None:
@@ -583,6 +623,23 @@ def nearest_view_baseline(train: Scene, poses: torch.Tensor) -> torch.Tensor:
     (B, 3, H, W) whose viewing direction is closest."""
     closest = (poses[:, :3, 2] @ train.poses[:, :3, 2].T).argmax(dim=1)
     return train.images[closest]
+
+
+def baseline(train: Scene, held_out: Scene | None) -> tuple[Scene, str, str, float]:
+    """The views a run is scored on (the held-out ones, else the training ones), their split, and the nearest-view
+    baseline's name and mean PSNR on them. Without held-out views each training view is compared with its nearest
+    *other* view: itself would score ~100 dB."""
+    if held_out is None:
+        print("no test/ split: PSNR is measured on the training views; the baseline copies each one's nearest other view")
+        nearest_other = train.images[view_neighbours(train.poses)[:, 0]]
+        return train, "train", "nearest-other-view baseline", psnr(nearest_other, train.images).mean().item()
+    return held_out, "test", "nearest-neighbour baseline", psnr(nearest_view_baseline(train, held_out.poses), held_out.images).mean().item()
+
+
+def spread_views(scene: Scene, n: int) -> Scene:
+    """n of the scene's views (all if it has fewer), evenly spaced in name order."""
+    pick = torch.linspace(0, len(scene.names) - 1, min(n, len(scene.names))).round().long()
+    return Scene(scene.images[pick], scene.poses[pick], scene.intrinsics, [scene.names[i] for i in pick])
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -726,6 +783,29 @@ def ray_cast(pose: np.ndarray, focal: float, size: int, shapes: tuple[Box | Ball
         image[hit] = color[:, list(shape.colors)]
         nearest[hit] = t_near[hit]
     return image.reshape(size, supersample, size, supersample, 3).mean((1, 3))
+
+
+def find_scene(data: str | Path) -> Path:
+    """The scene folder `data`; a missing one named after one of SCENES is generated there first."""
+    data = Path(data)
+    if not data.exists() and data.name in SCENES:
+        print(f"{data} does not exist: generating the synthetic scene '{data.name}' there (a few seconds)")
+        make_scene(data, data.name)
+    if not data.is_dir():
+        raise DataError(f"{data}: no such data folder")
+    return data
+
+
+def open_scene(data: str | Path, sizes: Config, grid_center=None, grid_scale=None) -> tuple[Scene, Scene | None, Config]:
+    """A training run's scene: its training views (at least 2: a source and another target), its held-out views or None,
+    and the Config with the grid placed (scene_config: the flags, else the files, else the cameras) and checked."""
+    train, held_out, _ = load_scene(find_scene(data), sizes.img_size)
+    if len(train.names) < 2:
+        raise DataError(f"{data}: training needs at least 2 views (a source and another target), found {len(train.names)}")
+    cfg = scene_config(train, sizes, grid_center, grid_scale)
+    if warning := grid_warning(train, cfg):
+        print(warning)
+    return train, held_out, cfg
 
 
 def make_scene(root: str | Path, scene: str = "cube", n_train: int = 100, n_test: int = 24, size: int = 128) -> None:

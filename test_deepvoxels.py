@@ -498,7 +498,8 @@ def test_discriminator_gets_gradients_only_in_its_own_step():
     generator.grad = None
     before = [p.detach().clone() for p in disc.parameters()]
     optimizer = torch.optim.Adam(disc.parameters(), lr=1e-3)
-    train.discriminator_step(disc, optimizer, real, generator * 1.0)    # the discriminator's step
+    dv.discriminator_loss(disc, real, generator * 1.0).backward()      # the discriminator's step, as train.training_step takes it
+    optimizer.step()
     assert generator.grad is None
     assert all(not torch.equal(a, b) for a, b in zip(before, disc.parameters()))
 
@@ -1305,8 +1306,8 @@ def test_learning_only_correct_geometry_renders_each_view_closest_to_its_own_ima
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 units")
 def test_gpu_peak_memory_is_reported_only_on_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1536 * 2 ** 20)
-    assert train.gpu_memory("cuda") == ", peak GPU memory 1536 MB" and train.gpu_memory("cuda:0").endswith("1536 MB")
-    assert train.gpu_memory("cpu") == ""
+    assert train.peak_memory("cuda").endswith(", peak GPU memory 1536 MB") and train.peak_memory("cuda:0").endswith("1536 MB")
+    assert "GPU" not in train.peak_memory("cpu")
 
 
 def test_precision_auto_means_bf16_on_a_gpu_and_fp32_or_bf16_on_a_cpu_by_its_units(monkeypatch):
@@ -1338,13 +1339,13 @@ def test_evaluate_renders_in_eval_mode_and_restores_the_mode(cube):
     model = dv.DeepVoxels(scenes.scene_config(scene, TINY))
     model.fuse(scene.images[:1], scene.poses[:1])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    psnr, rgb, _ = train.evaluate(model.train(), scene, "cpu", "fp32")
+    psnr, rgb, _ = render.evaluate(model.train(), scene, "cpu", "fp32")
     assert all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # batch-norm statistics untouched
     with torch.no_grad():
         expected = model.eval().render(scene.poses)["rgb"]
     assert torch.allclose(rgb, expected, atol=1e-6) and psnr == pytest.approx(dv.psnr(expected, scene.images).mean().item(), abs=1e-5)
-    train.evaluate(model, scene, "cpu", "fp32")
+    render.evaluate(model, scene, "cpu", "fp32")
     assert not any(m.training for m in model.modules())
 
 
@@ -1400,7 +1401,7 @@ def denormals_flushed() -> bool:
 
 def test_train_main_in_process_leaves_signal_handlers_denormals_and_rng_as_it_found_them(cube, tmp_path):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    outside = train.flush_denormal_enabled()                              # render.main, for one, turns flushing on
+    outside = denormals_flushed()                                         # render.main, for one, turns flushing on
     try:
         for flushing in (False, True):
             torch.set_flush_denormal(flushing)
@@ -1462,8 +1463,8 @@ def test_sigterm_to_the_command_line_saves_and_exits_130_in_one_line(cube, tmp_p
 def test_non_finite_grid_or_weights_stop_in_one_line_and_keep_the_last_finite_checkpoint(cube, tmp_path, monkeypatch, poison):
     step, calls = train.training_step, []
 
-    def poisoned_step(model, *args):
-        loss = step(model, *args)
+    def poisoned_step(parts, *args):
+        loss, model = step(parts, *args), parts["model"]
         calls.append(1)
         if len(calls) == 4 and poison == "grid":
             model.grid = model.grid * float("inf")                        # the grid blew up in the 4th step
@@ -1490,7 +1491,7 @@ def test_resume_with_another_gan_weight_is_refused_in_one_line(cube, tmp_path):
     for folder, now, before in (("gan", "0.0", 0.5), ("gan", "1.0", 0.5), ("plain", "0.5", 0.0)):
         with pytest.raises(dv.DataError) as error:
             train.main([*common, "--out", str(tmp_path / folder), "--gan_weight", now, "--resume", "--iters", "2"])
-        assert f"checkpoint was trained with --gan_weight {before} (now {float(now)})" in str(error.value)
+        assert f"checkpoint was trained with another configuration: gan_weight {before} (now {float(now)})" in str(error.value)
         assert "\n" not in str(error.value)
 
 

@@ -25,7 +25,7 @@ import scenes
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags; with none, the viewer opens on the newest run."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
     which.add_argument("--run", help="run folder holding ckpt.pt, or an ablation folder holding softmax/ and naive/ (default: the newest under runs/)")
