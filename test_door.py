@@ -14,7 +14,8 @@ import torch
 
 import deepvoxels as dv
 import scenes
-from test_deepvoxels import TINY, cube, edit, export_colmap, export_nerf_synthetic, export_nsvf, write_scene  # noqa: F401
+from test_deepvoxels import TINY, TINY_FLAGS, cube, edit, export_colmap, export_nerf_synthetic, export_nsvf, export_transforms_json, write_scene  # noqa: F401
+import train
 
 
 def test_world2cam_flag_inverts_the_poses_and_says_so(cube, tmp_path, capsys):
@@ -188,3 +189,137 @@ def test_ball_is_ray_cast_as_a_disc_of_the_analytic_radius_and_small_fills_under
     for path in (tmp_path / "small" / "train" / "rgb").glob("*.png"):
         columns = np.flatnonzero((iio.imread(path) < 250).any(-1).any(0))
         assert 0 < columns[-1] - columns[0] + 1 < 48 / 3
+
+
+# ── Fuzz: every layout broken in many small ways gives exit 0 or one error line, and --check passes only what trains ──
+
+FUZZ_VALUES = ("nan", "inf", "0", "-1", "1e300")
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d*)?(?:e[-+]?\d+)?(?![\w.])")
+
+
+def fuzz_layouts(root: Path) -> dict[str, tuple[Path, list[Path]]]:
+    """A tiny cube (4 + 2 views, 16 px) in each of the five layouts, with the text files to break in each."""
+    scenes.make_scene(root / "deepvoxels", n_train=4, n_test=2, size=16)
+    dv_root = root / "deepvoxels"
+    layouts = {"deepvoxels": (dv_root, [dv_root / "train" / "intrinsics.txt", dv_root / "train" / "pose" / "000000.txt",
+                                        dv_root / "test" / "intrinsics.txt"])}
+    nsvf = export_nsvf(dv_root, root / "nsvf")
+    layouts["nsvf"] = (nsvf, [nsvf / "intrinsics.txt", nsvf / "bbox.txt", sorted((nsvf / "pose").glob("0_*"))[0]])
+    nerf = export_nerf_synthetic(dv_root, root / "nerf")
+    layouts["nerf"] = (nerf, [nerf / "transforms_train.json", nerf / "transforms_test.json"])
+    ngp = export_transforms_json(dv_root, root / "ngp")
+    layouts["transforms.json"] = (ngp, [ngp / "transforms.json"])
+    colmap = export_colmap(dv_root, root / "colmap")
+    layouts["colmap"] = (colmap, [colmap / "sparse" / "0" / "cameras.txt", colmap / "sparse" / "0" / "images.txt"])
+    return layouts
+
+
+def breakages(path: Path) -> list[tuple[str, object]]:
+    """(name, what to do to the file's text or the file) for one file: numbers made extreme, lines removed or
+    duplicated, the file emptied, made a folder or saved as UTF-16."""
+    text = path.read_text()
+    numbers = list(NUMBER.finditer(text))
+    picked = numbers[:12] + numbers[12::max(1, len(numbers) // 6)]               # every number of a small file, a few of a large one
+    values = FUZZ_VALUES + (("NaN", "Infinity") if path.suffix == ".json" else ())
+    cases = [(f"number {m.group()} at {m.start()} -> {v}", text[:m.start()] + v + text[m.end():]) for m in picked for v in values]
+    lines = text.splitlines(keepends=True)
+    for i in sorted({0, len(lines) // 2, len(lines) - 1}):
+        cases += [(f"line {i + 1} removed", "".join(lines[:i] + lines[i + 1:])), (f"line {i + 1} twice", "".join(lines[:i + 1] + lines[i:]))]
+    return cases + [("empty", ""), ("a folder", None), ("UTF-16", text.encode("utf-16"))]
+
+
+def test_fuzz_every_layout_broken_gives_one_error_line_or_a_run_that_trains(tmp_path, monkeypatch, capsys):
+    drawn = []
+    monkeypatch.setattr(scenes, "plot_setup", lambda path, train_views, test, cfg: drawn.append(cfg))   # matplotlib takes 0.2 s
+    layouts, outcomes, trained = fuzz_layouts(tmp_path / "clean"), {"error": 0, "passed": 0}, 0
+    for layout, (clean, files) in layouts.items():
+        for file in files:
+            for name, content in breakages(file):
+                broken = shutil.copytree(clean, tmp_path / "broken", dirs_exist_ok=False)
+                target = broken / file.relative_to(clean)
+                if content is None:
+                    target.unlink()
+                    target.mkdir()
+                elif isinstance(content, bytes):
+                    target.write_bytes(content)
+                else:
+                    target.write_text(content)
+                case = f"{layout}: {file.name}: {name}"
+                try:
+                    train.main(["--data", str(broken), "--out", str(tmp_path / "run"), "--check", *TINY_FLAGS])
+                except dv.DataError as error:                                 # the command line prints it as one line
+                    assert "\n" not in str(error) and str(error), case
+                    outcomes["error"] += 1
+                else:                                                         # --check passed: what it passed must train
+                    outcomes["passed"] += 1
+                    cfg = drawn[-1]
+                    assert all(np.isfinite([*cfg.grid_center, cfg.grid_scale, cfg.focal, cfg.cx, cfg.cy, cfg.near])), case
+                    if trained < 12 and (any(v in name for v in ("nan", "inf", "1e300", "NaN", "Infinity")) or trained < 3):
+                        trained += 1
+                        train.main(["--data", str(broken), "--out", str(tmp_path / "run"), "--iters", "2", "--minutes", "0", *TINY_FLAGS])
+                shutil.rmtree(broken)
+                capsys.readouterr()
+    assert outcomes["error"] > 500 and outcomes["passed"] > 10, outcomes
+
+
+NO_CUDA = [] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda: this machine has no such device")]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lrr", "1"], "unrecognized arguments: --lrr 1"), (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--lr", "-1"], "--lr: the value must be a finite number > 0, got -1.0"),
+    (["--eval_every", "0"], "--eval_every: the value must be a finite number > 0, got 0.0"),
+    (["--decay_from", "2"], "--decay_from: the value must be a finite number >= 0 and <= 1, got 2.0"),
+    (["--img_size", "0"], "sizes: img_size / feat_size (0 / 32)"), (["--channels", "0"], "sizes: channels, unet_width and occlusion_width"),
+    (["--gru_dropout", "2"], "gru_dropout (2.0) must be at least 0 and below 1"),
+    (["--crop", "8", *TINY_FLAGS[:4]], "--crop 8: leaves no pixel of the 16 px images for the loss"),
+    (["--device", "tpu9"], "--device tpu9: not a device torch knows"), *NO_CUDA,
+    (["--grid_scale", "nan"], "--grid_scale: the value must be a finite number >= 0, got nan"),
+    (["--grid_scale", "-1"], "--grid_scale: the value must be a finite number >= 0, got -1.0"),
+    (["--grid_center", "0 nan 0"], "--grid_center: the grid centre's y must be a finite number, got nan"),
+])
+def test_train_flags_are_checked_before_any_work_in_one_line(cube, tmp_path, flags, message):
+    with pytest.raises(dv.DataError) as error:
+        train.main(["--data", str(cube), "--out", str(tmp_path / "run"), *flags])
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
+
+
+def test_a_misspelt_flag_is_one_line_and_exit_1_in_every_script(tmp_path):
+    import subprocess
+    import sys
+
+    for script in ("train.py", "render.py", "ablation.py"):
+        result = subprocess.run([sys.executable, str(Path(__file__).parent / script), "--itres", "5"], capture_output=True, text=True,
+                                timeout=120, cwd=tmp_path)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, (script, result.stderr)
+        assert result.stderr.startswith(f"error: {script}: unrecognized arguments: --itres 5"), result.stderr
+
+
+def test_outputs_are_checked_writable_before_any_work(cube, tmp_path):
+    (tmp_path / "run" / "cameras.png").mkdir(parents=True)
+    with pytest.raises(dv.DataError, match="cameras.png: is a folder, so cameras.png cannot be written there"):
+        train.main(["--data", str(cube), "--out", str(tmp_path / "run"), "--iters", "1", *TINY_FLAGS])
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
+
+
+@pytest.mark.parametrize("entry", ["optimizer", "step", "sampler_rng"])
+def test_resume_refuses_a_checkpoint_without_an_entry_it_reads(cube, tmp_path, entry):
+    common = ["--data", str(cube), "--out", str(tmp_path), "--minutes", "0", *TINY_FLAGS]
+    train.main([*common, "--iters", "1"])
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    del state[entry]
+    torch.save(state, tmp_path / "ckpt.pt")
+    with pytest.raises(dv.DataError, match=f"ckpt.pt: not a DeepVoxels checkpoint of this version .no valid {entry} entry"):
+        train.main([*common, "--iters", "2", "--resume"])
+
+
+def test_render_checks_its_device_and_numbers_before_loading_anything(tmp_path):
+    import render
+
+    cases = [(["--frames", "0"], "--frames: the value must be a finite number >= 1, got 0"), (["--device", "tpu9"], "not a device torch knows")]
+    if not torch.cuda.is_available():                  # the checkpoint is never called "not a DeepVoxels checkpoint" for it
+        cases.append((["--device", "cuda"], "--device cuda: this machine has no such device"))
+    for flags, message in cases:
+        with pytest.raises(dv.DataError, match=re.escape(message)):
+            render.main(["--ckpt", str(tmp_path / "missing.pt"), *flags])
