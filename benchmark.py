@@ -1,6 +1,6 @@
 """Where the time of one training step goes: each stage's forward and forward+backward, in fp32
 and in bf16 mixed precision, median of repeated runs, and one rendered view. Prints markdown tables
-for the README; --profile adds the operators that cost the most (torch.profiler).
+for docs/measurements.md; --profile adds the operators that cost the most (torch.profiler).
 
 Each stage's arithmetic (GFLOP of its convolutions and matrix products, torch.utils.flop_counter) is
 divided by its fp32 time and compared with this machine's 2048 x 2048 fp32 matmul rate: the share
