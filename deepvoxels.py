@@ -516,7 +516,7 @@ def resolve_precision(device: str, precision: str = "auto") -> str:
 
 
 def mixed_precision(device: str, precision: str = "auto") -> torch.autocast:
-    """bf16 autocast where it pays off (a GPU, or a CPU with bf16 units: 2x faster steps here),
+    """bf16 autocast where it pays off (a GPU, or a CPU with bf16 units: 1.3x faster steps on the AMD EPYC),
     plain fp32 otherwise. `precision` is "auto", "bf16" or "fp32"."""
     enabled = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)

@@ -495,7 +495,7 @@ def load_scene(root: str | Path, img_size: int) -> tuple[Scene, Scene | None, st
         check_same_camera(train.intrinsics, test.intrinsics, test_camera)
     h0, w0 = train.source_size
     if train.intrinsics.world2cam:
-        print(f"{root / 'train' / 'intrinsics.txt'}: line 6 says the poses are world-to-camera: inverted on reading")
+        print(f"{root}: intrinsics.txt line 6 says the poses are world-to-camera: inverted on reading")
     shape = f"{w0}x{h0} images" + (f" centre-cropped to {min(h0, w0)}x{min(h0, w0)} (principal point shifted)" if h0 != w0 else "")
     print(f"{root}: {layout} layout; {len(train.names)} training and "
           f"{f'{len(test.names)} held-out views' if test is not None else 'no held-out views'}; {shape}, resized to {img_size} px")
