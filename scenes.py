@@ -558,21 +558,52 @@ def grid_box_mask(scene: Scene, center, side: float) -> torch.Tensor:
     return (t_far > t_near.clamp(min=0)).reshape(V, H, W)
 
 
-def grid_warning(scene: Scene, cfg: Config) -> str | None:
-    """Check the grid against the training images before training: one warning line, or None if it fits.
-
-    The object's pixels are those that differ from the background, the colour of the image border (views
-    whose border is not one colour, like most photographs, are not checked). The grid box's projection is
-    grown by a pixel for antialiasing. The grid cuts the object when more than 1% of the object's pixels, over
-    all views, lie outside it: a few stray pixels in a few views (shadows, resampling, a box that touches the
-    object) are not worth a coarser grid. The smallest box (from 1/8 to 4 times the side, in 2% steps) that
-    holds 99.9% of the object's pixels is the suggestion; one of half the side or less warns too (most voxels empty).
-    """
+def object_mask(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, H, W) the object's pixels, those that differ from the background, the colour of the image border; and
+    (V,) the views whose border is one colour, the only ones looked at (most photographs are not)."""
     images = scene.images                                                        # (V, 3, H, W)
     border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 0], images[..., -1]], dim=-1)  # (V, 3, 4W)
     background = border.median(dim=-1).values                                  # (V, 3)
-    uniform = ((border - background[..., None]).abs().amax(1) < 0.1).float().mean(-1) > 0.9   # (V,)
-    object_pixels = ((images - background[..., None, None]).abs().amax(1) > 0.1) & uniform[:, None, None]  # (V, H, W)
+    plain = ((border - background[..., None]).abs().amax(1) < 0.1).float().mean(-1) > 0.9   # (V,)
+    return ((images - background[..., None, None]).abs().amax(1) > 0.1) & plain[:, None, None], plain
+
+
+FINE_BELOW = 0.5  # an object spanning under half the frame's side gets feature maps at the image's resolution
+
+
+def footprint(scene: Scene) -> float | None:
+    """The object's size in the frame: the median, over the views object_mask can read, of the larger side of
+    its pixels' bounding box as a share of the image's side; None when no view can be read."""
+    mask, plain = object_mask(scene)
+    mask = mask[plain & mask.flatten(1).any(1)]                                  # (V', H, W)
+    if not len(mask):
+        return None
+    spans = torch.maximum(mask.any(2).sum(1), mask.any(1).sum(1))               # (V',) rows or columns it covers
+    return spans.float().median().item() / mask.shape[-1]
+
+
+def feature_size(train: Scene, sizes: Config) -> tuple[Config, str]:
+    """The rule for --feat_size when it is not given, and a log line saying what it chose and why: feature maps at the
+    image's resolution for an object that spans under FINE_BELOW of the frame (its outline, where most of the error
+    is, gets twice the features per pixel), else the default of `sizes`."""
+    share = footprint(train)
+    fine = share is not None and share < FINE_BELOW
+    chosen = sizes.img_size if fine else sizes.feat_size
+    why = "no plain background to measure the object on" if share is None else \
+        f"the object spans {share:.0%} of the frame, {'under' if fine else 'at least'} {FINE_BELOW:.0%}"
+    return replace(sizes, feat_size=chosen), f"feature maps {chosen} x {chosen} ({why}; --feat_size sets them)"
+
+
+def grid_warning(scene: Scene, cfg: Config) -> str | None:
+    """Check the grid against the training images before training: one warning line, or None if it fits.
+
+    The object's pixels are those of object_mask (views without a plain background are not checked); the
+    grid box's projection is grown by a pixel for antialiasing. The grid cuts the object when more than 1% of
+    the object's pixels, over all views, lie outside it: a few stray pixels in a few views (shadows, resampling, a box that touches the
+    object) are not worth a coarser grid. The smallest box (from 1/8 to 4 times the side, in 2% steps) that
+    holds 99.9% of the object's pixels is the suggestion; one of half the side or less warns too (most voxels empty).
+    """
+    object_pixels, uniform = object_mask(scene)                                  # (V, H, W), (V,)
     if not object_pixels.any():
         return None if uniform.any() else "note: grid not checked against the images: no training view has a plain background"
 

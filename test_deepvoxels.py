@@ -983,6 +983,26 @@ def test_grid_warning_is_quiet_for_a_tight_box_and_warns_for_one_20_percent_too_
     assert (warning is not None and warning.startswith("warning: the object leaves the grid")) == warns, warning
 
 
+def test_footprint_of_a_ball_is_its_analytic_diameter():
+    ball, distance, focal, size = scenes.Ball((0.0, 0.0, 0.0), 0.5), 2.5, 40.0, 32
+    poses = [scenes.look_at(distance * np.array(d) / np.linalg.norm(d), np.zeros(3)) for d in ([1, 0, 0.3], [0, 1, -0.5], [-1, 0.2, 0])]
+    images = torch.from_numpy(np.stack([scenes.ray_cast(p, focal, size, (ball,)) for p in poses])).permute(0, 3, 1, 2).float()
+    scene = scenes.Scene(images, torch.from_numpy(np.stack(poses)).float(), scenes.Intrinsics(focal, size / 2, size / 2), ["a", "b", "c"])
+    diameter_px = 2 * focal * ball.radius / np.sqrt(distance ** 2 - ball.radius ** 2)      # the tangent cone's width
+    assert scenes.footprint(scene) * size == pytest.approx(diameter_px, abs=1.5)             # antialiased edge pixels count
+    assert scenes.footprint(replace(scene, images=torch.rand_like(images))) is None          # no plain background
+
+
+@pytest.mark.parametrize("name, fine", [("small", True), ("cube", False)])
+def test_feature_size_rule_gives_small_objects_full_resolution_features_and_large_ones_the_default(tmp_path, name, fine):
+    scenes.make_scene(tmp_path / name, name, n_train=6, n_test=1, size=64)
+    train_views, _, _ = scenes.load_scene(tmp_path / name, 32)
+    sizes = replace(TINY, img_size=32, feat_size=16)
+    chosen, line = scenes.feature_size(train_views, sizes)
+    assert chosen.feat_size == (32 if fine else 16) and f"feature maps {chosen.feat_size} x {chosen.feat_size}" in line
+    assert ("under 50%" in line) == fine and "--feat_size sets them" in line
+
+
 def test_check_flag_loads_checks_plots_and_exits(cube, tmp_path, capsys):
     root = export_nerf_synthetic(cube, tmp_path / "scene")
     train.main(["--data", str(root), "--out", str(tmp_path / "run"), "--grid_scale", "0.6", "--check", *TINY_FLAGS])
