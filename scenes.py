@@ -826,12 +826,16 @@ def find_scene(data: str | Path) -> Path:
     return data
 
 
-def open_scene(data: str | Path, sizes: Config, grid_center=None, grid_scale=None) -> tuple[Scene, Scene | None, Config]:
+def open_scene(data: str | Path, sizes: Config, grid_center=None, grid_scale=None, feat_from_scene: bool = False) -> tuple[Scene, Scene | None, Config]:
     """A training run's scene: its training views (at least 2: a source and another target), its held-out views or None,
-    and the Config with the grid placed (scene_config: the flags, else the files, else the cameras) and checked."""
+    and the Config with the grid placed (scene_config: the flags, else the files, else the cameras) and checked, and with
+    feature maps sized by feature_size when `feat_from_scene` (--feat_size not given)."""
     train, held_out, _ = load_scene(find_scene(data), sizes.img_size)
     if len(train.names) < 2:
         raise DataError(f"{data}: training needs at least 2 views (a source and another target), found {len(train.names)}")
+    if feat_from_scene:
+        sizes, chosen = feature_size(train, sizes)
+        print(chosen)
     cfg = scene_config(train, sizes, grid_center, grid_scale)
     if warning := grid_warning(train, cfg):
         print(warning)

@@ -1003,6 +1003,18 @@ def test_feature_size_rule_gives_small_objects_full_resolution_features_and_larg
     assert ("under 50%" in line) == fine and "--feat_size sets them" in line
 
 
+def test_train_sizes_feature_maps_by_the_rule_only_when_feat_size_is_not_given(tmp_path, capsys):
+    scenes.make_scene(tmp_path / "small", "small", n_train=6, n_test=1, size=64)
+    tiny = [flag for pair in zip(TINY_FLAGS[::2], TINY_FLAGS[1::2]) if pair[0] not in ("--img_size", "--feat_size") for flag in pair]
+    common = ["--data", str(tmp_path / "small"), "--out", str(tmp_path / "run"), "--img_size", "32", "--iters", "1", "--minutes", "0", *tiny]
+    train.main(common)
+    assert "feature maps 32 x 32 (the object spans" in capsys.readouterr().out
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["config"]["feat_size"] == 32
+    train.main([*common, "--out", str(tmp_path / "given"), "--feat_size", "16"])
+    assert "feature maps" not in capsys.readouterr().out
+    assert torch.load(tmp_path / "given" / "ckpt.pt", weights_only=True)["config"]["feat_size"] == 16
+
+
 def test_check_flag_loads_checks_plots_and_exits(cube, tmp_path, capsys):
     root = export_nerf_synthetic(cube, tmp_path / "scene")
     train.main(["--data", str(root), "--out", str(tmp_path / "run"), "--grid_scale", "0.6", "--check", *TINY_FLAGS])

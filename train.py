@@ -1,9 +1,8 @@
 """Train DeepVoxels on one scene:  python train.py --data ./cube
 
-Each step, as the authors did: target 1 is a random training view, the source one of its four nearest neighbours
-by viewing direction (never itself), target 2 another random view. The source is lifted and fused into the grid,
-both targets are rendered; the loss is --l1_weight x L1 + --gan_weight x the PatchGAN adversarial term (the authors:
-200 x L1 + 1 x adversarial; by default here L1 alone)."""
+Each step, as the authors did: target 1 is a random training view, the source one of its four nearest neighbours by
+viewing direction (never itself), target 2 another random view; the source is fused into the grid, both targets are
+rendered, the loss is --l1_weight x L1 + --gan_weight x the PatchGAN term (the authors: 200 and 1; here L1 alone)."""
 
 from __future__ import annotations
 
@@ -56,8 +55,9 @@ class TrainConfig:
     check: bool = flag(False, "only load the data, check the grid against the images, write <out>/cameras.png and exit (seconds)")
 
 
-def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
-    """Flags for every field of TrainConfig and of the model sizes in deepvoxels.Config, each checked before any work."""
+def parse_args(argv=None) -> tuple[TrainConfig, dv.Config, bool]:
+    """Flags for every field of TrainConfig and of the model sizes in deepvoxels.Config, each checked before any work,
+    and whether --feat_size is left to the scene (not given: scenes.feature_size decides)."""
     parser = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sizes = [f for f in dataclasses.fields(dv.Config) if "help" in f.metadata]
     for f in dataclasses.fields(TrainConfig) + tuple(sizes):
@@ -65,17 +65,18 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config]:
             parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default, choices=f.metadata.get("choices"),
+            parser.add_argument(f"--{f.name}", type=kind, default=None if f.name == "feat_size" else f.default, choices=f.metadata.get("choices"),
                                 help=f.metadata["help"] if "default" in f.metadata["help"] else f"{f.metadata['help']} (default: {f.default})")
     args = vars(parser.parse_args(argv))
     scenes.check_device(args["device"])
+    feat_from_scene, args["feat_size"] = args["feat_size"] is None, args["feat_size"] or dv.Config.feat_size
     for f in dataclasses.fields(TrainConfig):
         if f.metadata["valid"]:
             scenes.check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
     run, model_sizes = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)}), dv.Config(**{f.name: args[f.name] for f in sizes})
     if 2 * run.crop >= model_sizes.img_size:
         raise dv.DataError(f"--crop {run.crop}: leaves no pixel of the {model_sizes.img_size} px images for the loss")
-    return run, model_sizes
+    return run, model_sizes, feat_from_scene
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, run: TrainConfig, progress: float) -> None:
@@ -139,14 +140,14 @@ def peak_memory(device: str) -> str:
 
 def main(argv=None) -> None:
     """Train as the flags say; never exits, and leaves signal handlers, denormal flushing and torch's random state as it found them."""
-    run, sizes = parse_args(argv)
+    run, sizes, feat_from_scene = parse_args(argv)
     with dv.flushed_denormals(), torch.random.fork_rng(devices=[] if torch.device(run.device).type == "cpu" else None):
-        fit(run, sizes)
+        fit(run, sizes, feat_from_scene)
 
 
-def prepare_scene(run: TrainConfig, sizes: dv.Config) -> tuple[scenes.Scene, scenes.Scene | None, dv.Config, Path]:
+def prepare_scene(run: TrainConfig, sizes: dv.Config, feat_from_scene: bool) -> tuple[scenes.Scene, scenes.Scene | None, dv.Config, Path]:
     """Training views, held-out views or None, the configuration with the grid placed, the run folder (with cameras.png)."""
-    train, held_out, cfg = scenes.open_scene(run.data, sizes, run.grid_center or None, run.grid_scale or None)
+    train, held_out, cfg = scenes.open_scene(run.data, sizes, run.grid_center or None, run.grid_scale or None, feat_from_scene)
     out = Path(run.out or Path("runs") / Path(run.data).resolve().name)
     scenes.check_writable(out, "ckpt.pt", "history.json", "cameras.png", "preview.png")   # fail now, not at the first save
     scenes.plot_setup(out / "cameras.png", train, held_out, cfg)
@@ -195,13 +196,12 @@ def save_checkpoint(parts: dict, progress: dict, run: TrainConfig, ckpt_path: Pa
     progress["kept"] = f"{ckpt_path} keeps step {progress['step']}, the last finite state"
 
 
-def fit(run: TrainConfig, sizes: dv.Config) -> None:
+def fit(run: TrainConfig, sizes: dv.Config, feat_from_scene: bool = False) -> None:
     """Load the scene, build or resume the model, train it, evaluate and checkpoint it as it goes."""
-    train, held_out, cfg, out = prepare_scene(run, sizes)
+    train, held_out, cfg, out = prepare_scene(run, sizes, feat_from_scene)
     if run.check:
         return
-    ckpt_path = out / "ckpt.pt"
-    parts, progress = build_or_resume(run, cfg, ckpt_path)
+    parts, progress = build_or_resume(run, cfg, ckpt_path := out / "ckpt.pt")
     model = parts["model"]
     images, poses = train.images.to(run.device), train.poses.to(run.device)
     neighbours = scenes.view_neighbours(train.poses)                              # (V, min(4, V - 1))
