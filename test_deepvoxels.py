@@ -1402,7 +1402,7 @@ NO_CUDA = [] if torch.cuda.is_available() else [(["--device", "cuda"], "--device
     (["--lr", "-1"], "--lr: the value must be a finite number > 0, got -1.0"),
     (["--eval_every", "0"], "--eval_every: the value must be a finite number > 0, got 0.0"),
     (["--decay_from", "2"], "--decay_from: the value must be a finite number >= 0 and <= 1, got 2.0"),
-    (["--img_size", "0"], "sizes: img_size / feat_size (0 / 32)"), (["--channels", "0"], "sizes: channels, unet_width and occlusion_width"),
+    (["--img_size", "0"], "sizes: img_size / feat_size (0 / 32)"), (["--feat_size", "0"], "sizes: img_size / feat_size (64 / 0)"), (["--channels", "0"], "sizes: channels, unet_width and occlusion_width"),
     (["--gru_dropout", "2"], "gru_dropout (2.0) must be at least 0 and below 1"),
     (["--crop", "8", *TINY_FLAGS[:4]], "--crop 8: leaves no pixel of the 16 px images for the loss"),
     (["--device", "tpu9"], "--device tpu9: not a device torch knows"), *NO_CUDA,

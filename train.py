@@ -69,7 +69,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config, bool]:
                                 help=f.metadata["help"] if "default" in f.metadata["help"] else f"{f.metadata['help']} (default: {f.default})")
     args = vars(parser.parse_args(argv))
     scenes.check_device(args["device"])
-    feat_from_scene, args["feat_size"] = args["feat_size"] is None, args["feat_size"] or dv.Config.feat_size
+    feat_from_scene, args["feat_size"] = args["feat_size"] is None, dv.Config.feat_size if args["feat_size"] is None else args["feat_size"]
     for f in dataclasses.fields(TrainConfig):
         if f.metadata["valid"]:
             scenes.check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
