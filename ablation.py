@@ -122,6 +122,7 @@ def main(argv=None) -> None:
     trainer.parse_args(["--data", args.data, *train_flags])                       # train.py's flags, checked before any work
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
+    scenes.check_writable(out, "ablation.png", "ablation-curves.png", "softmax", "naive")   # before any training
     scenes.find_scene(args.data)
     if args.holdout == "half":
         args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin))

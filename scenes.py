@@ -131,15 +131,15 @@ def check_device(device: str) -> str:
 
 
 def check_writable(folder: Path, *names: str) -> Path:
-    """Make `folder` and check that it, and each file `names` in it, can be written, before any slow work."""
+    """Make `folder` and check that it, and each file or folder (no suffix) `names` in it, can be written, before any slow work."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
         raise DataError(f"{folder}: cannot write the output folder ({e.strerror or e})") from None
-    for name in names:
-        if (folder / name).exists() and not (folder / name).is_file():
-            raise DataError(f"{folder / name}: is a folder, so {name} cannot be written there")
+    for name in names:                                                           # a name with no suffix is a folder
+        if (folder / name).exists() and (folder / name).is_dir() == bool(Path(name).suffix):
+            raise DataError(f"{folder / name}: is {'a folder' if Path(name).suffix else 'a file'}, so {name} cannot be written there")
     return folder
 
 

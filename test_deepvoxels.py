@@ -1430,6 +1430,12 @@ def test_outputs_are_checked_writable_before_any_work(cube, tmp_path):
     with pytest.raises(dv.DataError, match="cameras.png: is a folder, so cameras.png cannot be written there"):
         train.main(["--data", str(cube), "--out", str(tmp_path / "run"), "--iters", "1", *TINY_FLAGS])
     assert not (tmp_path / "run" / "ckpt.pt").exists()
+    import ablation
+
+    (tmp_path / "ablation" / "ablation.png").mkdir(parents=True)                 # ablation.py's picture: before any training
+    with pytest.raises(dv.DataError, match="ablation.png: is a folder, so ablation.png cannot be written there"):
+        ablation.main(["--data", str(cube), "--out", str(tmp_path / "ablation"), "--iters", "1", *TINY_FLAGS])
+    assert not (tmp_path / "ablation" / "softmax").exists()
 
 
 def test_train_refuses_one_view_unwritable_output_and_bad_sizes_in_one_line(tmp_path):
