@@ -164,7 +164,7 @@ def read_intrinsics(path: Path) -> Intrinsics:
         if len(lines) in (3, 4) and {len(line) for line in lines} in ({3}, {4}):      # a matrix K
             K = np.array(lines, dtype=np.float64).tolist()
             fy = check_number(path, "the focal length fy", K[1][1], (">", 0))                 # 0 would mean "fy = fx"
-            return check_intrinsics(path, Intrinsics(K[0][0], K[0][2], K[1][2], focal_y=fy))
+            return Intrinsics(K[0][0], K[0][2], K[1][2], focal_y=fy)                       # checked by square_scene
         focal, cx, cy = map(float, lines[0][:3])
         center = tuple(map(float, lines[1][:3])) if len(lines) > 1 else None
         if center is not None and len(center) != 3:
@@ -180,8 +180,8 @@ def read_intrinsics(path: Path) -> Intrinsics:
     except ValueError as e:
         raise DataError(f"{path}: malformed intrinsics: {e}") from None
     # The barycenter counts only together with a scale: "0 0 0" and scale 0 ask for the estimate.
-    return check_intrinsics(path, Intrinsics(focal, cx, cy, center if scale > 0 else None, near, scale or None, size,
-                                             world2cam=world2cam == 1))
+    return Intrinsics(focal, cx, cy, center if scale > 0 else None, near, scale or None, size,   # checked by square_scene
+                      world2cam=world2cam == 1)
 
 
 def read_pose(path: Path) -> np.ndarray:
