@@ -53,7 +53,7 @@ class Config:
 
     img_size: int = field(default=64, metadata={"help": "H = W of the images the model renders"})
     feat_size: int = field(default=32, metadata={"help": "h = w of the 2D feature maps used for lifting and projection (default: 32; "
-                                                         "train.py: img_size for an object under half the frame, scenes.feature_size)"})
+                                                         "train.py: img_size for an object under 70% of the frame, scenes.feature_size)"})
     grid_size: int = field(default=16, metadata={"help": "N voxels per grid side (the authors: 32); the GRU and inpainting cost grows as N^3, a seventh of a step at 16"})
     channels: int = field(default=16, metadata={"help": "C features per voxel (the authors: 64)"})
     depth_planes: int = field(default=32, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N); the occlusion network, half of a step, "

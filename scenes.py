@@ -568,7 +568,7 @@ def object_mask(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     return ((images - background[..., None, None]).abs().amax(1) > 0.1) & plain[:, None, None], plain
 
 
-FINE_BELOW = 0.5  # an object spanning under half the frame's side gets feature maps at the image's resolution
+FINE_BELOW = 0.7  # an object spanning under 70% of the frame's side gets feature maps at the image's resolution
 
 
 def footprint(scene: Scene) -> float | None:
