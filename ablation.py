@@ -33,6 +33,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend
 
 import deepvoxels as dv
 import render
+import runs
 import scenes
 import train as trainer
 
@@ -108,7 +109,8 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default="./cube", help="scene folder, any layout train.py reads (default: ./cube)")
     parser.add_argument("--iters", type=int, default=1000, help="training steps of each model (default: 1000)")
     parser.add_argument("--minutes", type=float, default=0.0, help="training time of each model, if it ends before --iters (default: 0, no limit)")
-    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>, -half or -sparse added for those hold-outs)")
+    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>, -half or -sparse added "
+                        "for those hold-outs; -2, -3... when that holds another ablation)")
     parser.add_argument("--compare_only", action="store_true", help="skip training: compare the checkpoints already in --out")
     parser.add_argument("--rows", type=int, default=6, help="held-out views in the picture, evenly spaced (default: 6)")
     parser.add_argument("--holdout", default="test", choices=("test", "half", "sparse"),
@@ -119,10 +121,24 @@ def main(argv=None) -> None:
                         help="--holdout half: the least angle in degrees between a held-out viewing direction and every training one (default: 30)")
     parser.add_argument("--views", type=int, default=16, help="--holdout sparse: training views kept (default: 16)")
     args, train_flags = parser.parse_known_args(argv)
-    trainer.parse_args(["--data", args.data, *train_flags])                       # train.py's flags, checked before any work
+    for name, *rules in (("iters", (">=", 1)), ("minutes", (">=", 0)), ("rows", (">=", 1)), ("margin", (">=", 0), ("<", 180)),
+                         ("views", (">=", 2))):
+        scenes.check_number(f"--{name}", "the value", getattr(args, name), *rules)
+    run, _, _ = trainer.parse_args(["--data", args.data, *train_flags])         # train.py's flags, checked before any work
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
+    if args.out and runs.holds_run(out) and not (args.compare_only or run.resume or run.overwrite):
+        raise dv.DataError(f"{out}: holds an ablation already; compare it with --compare_only, continue it with --resume, "
+                           f"choose another --out, or replace it with --overwrite")
     scenes.check_writable(out, "ablation.png", "ablation-curves.png", "softmax", "naive")   # before any training
+    with runs.claimed(out, new=not (args.out or args.compare_only or run.resume)) as folder:  # one command at a time
+        if folder != out:
+            print(f"ablation folder {folder}: {out} holds another ablation (--out chooses the folder)")
+        compare(args, train_flags, folder)
+
+
+def compare(args: argparse.Namespace, train_flags: list[str], out: Path) -> None:
+    """Train both models into out/softmax and out/naive (unless --compare_only), then compare them."""
     scenes.find_scene(args.data)
     if args.holdout == "half":
         args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin))

@@ -7,9 +7,10 @@
    whose viewing direction is closest): a table on screen and metrics.json.
 3. sheet.png: ground truth | prediction | depth | absolute error for a few test views.
 
-The model and its configuration come from the checkpoint. Metrics are computed at the size the
-model renders (its img_size); --size only resizes the images written. The interactive viewer and
-the architecture figure are in viewer.py.
+The model, its configuration, the orbit's radius and where its data is come from the checkpoint: a run
+renders from any working directory; where its data folder is gone, the orbit alone. Metrics are
+computed at the size the model renders (its img_size); --size only resizes the images written. The
+interactive viewer and the architecture figure are in viewer.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import deepvoxels as dv
+import runs
 import scenes
 
 VIDEO_FPS = 12   # playback speed of the orbit: 36 frames make a 3-second turn
@@ -42,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="scene folder for the test views (default: the one the checkpoint was trained on)")
     p.add_argument("--poses", help="folder of pose .txt files (dataset format, e.g. cube/test/pose) to render as path.gif instead of the orbit")
     p.add_argument("--frames", type=int, default=36, help="frames of the orbit (default: 36)")
-    p.add_argument("--elevation", type=float, default=20.0, help="orbit elevation above the grid centre in degrees (default: 20)")
+    p.add_argument("--elevation", type=float, default=20.0, help="orbit elevation above the grid centre in degrees, -90 to 90 (default: 20)")
     p.add_argument("--size", type=int, default=0, help="pixel size of the written frames (default: the model's img_size)")
     p.add_argument("--out", help="output folder (default: <run>/render)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)")
@@ -50,19 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)")
     args = p.parse_args(argv)
     scenes.check_number("--frames", "the value", args.frames, (">=", 1))
+    scenes.check_number("--elevation", "the value", args.elevation, (">=", -90), ("<=", 90))
     scenes.check_number("--size", "the value", args.size, (">=", 0))
     scenes.check_device(args.device)
     return args
-
-
-def find_checkpoint(args: argparse.Namespace) -> Path:
-    """--ckpt, else <--run>/ckpt.pt, else the most recently written runs/*/ckpt.pt."""
-    if args.ckpt or args.run:
-        return Path(args.ckpt or Path(args.run) / "ckpt.pt")
-    found = sorted(Path("runs").glob("*/ckpt.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise dv.DataError("runs: no */ckpt.pt found (train one with train.py, or pass --ckpt)")
-    return found[-1]
 
 
 def read_poses(folder: Path) -> torch.Tensor:
@@ -71,12 +64,6 @@ def read_poses(folder: Path) -> torch.Tensor:
     if not files:
         raise dv.DataError(f"{folder}: no pose .txt files found" if folder.is_dir() else f"{folder}: no such poses folder")
     return torch.from_numpy(np.stack([scenes.read_pose(f) for f in files])).float()
-
-
-def orbit(train: scenes.Scene, cfg: dv.Config, frames: int, elevation: float) -> torch.Tensor:
-    """(frames, 4, 4) poses circling the grid centre at the training cameras' mean distance from it."""
-    radius = (train.poses[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
-    return scenes.orbit_poses(cfg.grid_center, radius, frames, elevation)
 
 
 def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
@@ -145,35 +132,47 @@ def write_video(stem: Path, frames: np.ndarray) -> list[Path]:
 
 
 def main(argv=None) -> dict:
-    """Render the orbit (or --poses), score every test view, write the sheet; returns what metrics.json holds."""
+    """Render the orbit (or --poses), score every test view, write the sheet; returns what metrics.json holds
+    (without the data folder: the orbit alone, and what it wrote)."""
     args = parse_args(argv)
     torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
-    ckpt = find_checkpoint(args)
-    model, state = dv.load_checkpoint(ckpt, args.device, {"step": int, "seconds": float, "train_config": dict})   # weights_only
+    ckpt = runs.newest_checkpoint(args.ckpt, args.run)
+    model, state = dv.load_checkpoint(ckpt, args.device, {"step": int, "seconds": float, "scene": dict})  # weights_only
     model.eval()
-    cfg = model.cfg
-    data = Path(args.data or state["train_config"]["data"])
-    if not data.is_dir():
-        raise dv.DataError(f"{data}: no such data folder (pass --data)")
-    train, test, _ = scenes.load_scene(data, cfg.img_size)
-    split, test = ("train", train) if test is None else ("test", test)
+    data = Path(args.data) if args.data else runs.find_data(state["scene"]["data"], ckpt)
+    if args.data and not data.is_dir():
+        raise dv.DataError(f"{data}: no such data folder")
     path = read_poses(Path(args.poses)) if args.poses else None
     out = Path(args.out or ckpt.parent / "render")
-    scenes.check_writable(out, "metrics.json", "sheet.png", *(f"{'path' if args.poses else 'orbit'}.{kind}" for kind in ("gif", "mp4")))
-    size = args.size or cfg.img_size
+    video = "path" if args.poses else "orbit"
+    scenes.check_writable(out, "metrics.json", "sheet.png", f"{video}.gif", f"{video}.mp4")
+    with runs.claimed(out):                                            # one command at a time writes there
+        return render_run(model, state, ckpt, data, path, out, args)
+
+
+def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None, path: torch.Tensor | None, out: Path,
+               args: argparse.Namespace) -> dict:
+    """The three outputs of main into `out`; `path`: --poses or None for the orbit; `data`: None when it is gone."""
+    cfg, size = model.cfg, args.size or model.cfg.img_size
     precision = dv.resolve_precision(args.device, args.precision)                 # what auto chose, for the log and metrics.json
-    print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; {len(test.names)} {split} "
-          f"views of {data} at {cfg.img_size}px; device {args.device}, {precision}")
+    print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; {data or 'no data folder'} at "
+          f"{cfg.img_size}px; device {args.device}, {precision}")
 
     # 1. The orbit (or --poses), RGB | depth per frame.
     if path is None:
-        path = orbit(train, cfg, args.frames, args.elevation)
+        path = scenes.orbit_poses(cfg.grid_center, state["scene"]["orbit_radius"], args.frames, args.elevation)
     rgb, depth, seconds = render_views(model, path, args.device, args.precision)
     near, far = dv.view_depth_range(path, cfg)                        # one colour scale for every frame
     frames = torch.cat([resize(rgb, size), depth_images(depth, len(rgb), size, (near.min().item(), far.max().item()))], dim=3)
     videos = write_video(out / ("path" if args.poses else "orbit"), to_uint8(frames))
+    if data is None:
+        print(f"{state['scene']['data']['absolute']}: the data folder is gone: wrote {', '.join(map(str, videos))} only "
+              f"(the metrics and sheet.png need --data)")
+        return {"checkpoint": str(ckpt), "step": state["step"], "data": None, "videos": [str(v) for v in videos]}
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
+    train, test, _ = scenes.load_scene(data, cfg.img_size)
+    split, test = ("train", train) if test is None else ("test", test)
     pred, pred_depth, test_seconds = render_views(model, test.poses, args.device, args.precision)
     nearest = scenes.nearest_view_baseline(train, test.poses)
     scores = {"psnr": dv.psnr(pred, test.images), "ssim": dv.ssim(pred, test.images),

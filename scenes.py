@@ -690,6 +690,11 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0,
     return pose
 
 
+def orbit_radius(poses: torch.Tensor, center: tuple[float, float, float]) -> float:
+    """The cameras' (V, 4, 4) mean distance from the grid centre: where render.py's orbit and the viewer fly."""
+    return (poses[:, :3, 3] - torch.tensor(center)).norm(dim=-1).mean().item()
+
+
 def orbit_poses(center: tuple[float, float, float], radius: float, n: int, elevation: float = 20.0, azimuth0: float = 0.0) -> torch.Tensor:
     """(n, 4, 4) cameras evenly spaced on a circle at `elevation` degrees around `center`, world z up,
     the first at azimuth `azimuth0` degrees (from +x towards +y), all looking at the centre."""

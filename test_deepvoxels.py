@@ -26,6 +26,7 @@ import torch.nn as nn
 import deepvoxels as dv
 import scenes
 import render
+import runs
 import train
 import viewer
 
@@ -1156,7 +1157,7 @@ def test_fuzz_every_layout_broken_gives_one_error_line_or_a_run_that_trains(tmp_
                     assert all(np.isfinite([*cfg.grid_center, cfg.grid_scale, cfg.focal, cfg.cx, cfg.cy, cfg.near])), case
                     if trained < 12 and (any(v in name for v in ("nan", "inf", "1e300", "NaN", "Infinity")) or trained < 3):
                         trained += 1
-                        train.main(["--data", str(broken), "--out", str(tmp_path / "run"), "--iters", "2", "--minutes", "0", *TINY_FLAGS])
+                        train.main(["--data", str(broken), "--out", str(tmp_path / "run"), "--iters", "2", "--minutes", "0", "--overwrite", *TINY_FLAGS])
                 shutil.rmtree(broken)
                 capsys.readouterr()
     assert outcomes["error"] > 500 and outcomes["passed"] > 10, outcomes
@@ -1318,7 +1319,7 @@ def test_train_main_in_process_leaves_signal_handlers_denormals_and_rng_as_it_fo
             assert denormals_flushed() == flushing
             torch.manual_seed(123)
             rng = torch.get_rng_state()
-            train.main(["--data", str(cube), "--out", str(tmp_path), "--iters", "2", "--minutes", "0", *TINY_FLAGS])
+            train.main(["--data", str(cube), "--out", str(tmp_path), "--iters", "2", "--minutes", "0", "--overwrite", *TINY_FLAGS])
             with pytest.raises(dv.DataError):                             # and when it fails
                 train.main(["--data", str(cube), "--out", str(tmp_path), "--resume", "--grid_size", "12", *TINY_FLAGS[2:4]])
             assert {s: signal.getsignal(s) for s in handlers} == handlers
@@ -1366,7 +1367,7 @@ def test_sigterm_to_the_command_line_saves_and_exits_130_in_one_line(cube, tmp_p
     assert process.returncode == 130 and stderr == ""
     last = stdout.strip().splitlines()[-1]
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
-    assert last == f"interrupted: saved step {saved} to {tmp_path / 'ckpt.pt'}; continue with the same command and --resume"
+    assert last == f"interrupted: saved step {saved} to {tmp_path / 'ckpt.pt'}; continue with --resume --out {tmp_path}"
 
 
 @pytest.mark.parametrize("poison", ["grid", "weights"])
@@ -1457,6 +1458,137 @@ def test_gpu_peak_memory_is_reported_only_on_a_gpu(monkeypatch):
     assert "GPU" not in train.peak_memory("cpu")
 
 
+# ── Run folders: no run overwrites another, one command per folder, a run renders from anywhere ──
+
+def quick_run(data, *flags: str) -> None:
+    train.main(["--data", str(data), "--iters", "2", "--minutes", "0", "--eval_every", "1e9", "--log_every", "1e9", *TINY_FLAGS,
+                *flags])
+
+
+def ended_process() -> int:
+    """The process id of a process that has ended (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_the_same_command_twice_keeps_the_first_checkpoint_byte_for_byte(cube, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    quick_run(cube)
+    first = (tmp_path / "runs" / "cube" / "ckpt.pt").read_bytes()
+    quick_run(cube, "--iters", "3")
+    assert (tmp_path / "runs" / "cube" / "ckpt.pt").read_bytes() == first
+    assert torch.load(tmp_path / "runs" / "cube-2" / "ckpt.pt", weights_only=True)["step"] == 3
+    assert "run folder runs/cube-2: runs/cube holds another run" in capsys.readouterr().out
+    assert not list((tmp_path / "runs").glob("*/run.lock"))                    # each run let its folder go
+    with pytest.raises(dv.DataError, match="ckpt.pt: holds a run already; continue it with --resume, choose another --out, "
+                                           "or replace it with --overwrite"):
+        quick_run(cube, "--out", "runs/cube")                                   # --out names the folder: refused
+    assert (tmp_path / "runs" / "cube" / "ckpt.pt").read_bytes() == first
+    quick_run(cube, "--out", "runs/cube", "--iters", "4", "--overwrite")
+    assert torch.load(tmp_path / "runs" / "cube" / "ckpt.pt", weights_only=True)["step"] == 4
+    quick_run(cube, "--resume", "--iters", "5")                                 # --resume continues runs/<scene>
+    assert torch.load(tmp_path / "runs" / "cube" / "ckpt.pt", weights_only=True)["step"] == 5
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line_and_the_first_ends_intact(cube, tmp_path):
+    first = subprocess.Popen([sys.executable, str(HERE / "train.py"), "--data", str(cube), "--out", str(tmp_path), "--iters", "300",
+                              "--minutes", "0", "--log_every", "0", "--eval_every", "1e9", "--precision", "fp32", *TINY_FLAGS],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in first.stdout:
+        if line.startswith("step"):                                              # training: the folder is held
+            break
+    second = run_train("--data", str(cube), "--out", str(tmp_path), "--iters", "2", "--overwrite", *TINY_FLAGS)
+    assert second.returncode == 1 and second.stderr.count("\n") == 1
+    assert f"{tmp_path}: in use by process {first.pid} (a run, a render or an ablation)" in second.stderr
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0 and stderr == "" and "done: step 300" in stdout
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 300 and not (tmp_path / "run.lock").exists()
+
+
+def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(cube, tmp_path):
+    (tmp_path / "run.lock").write_text(f"{ended_process()} \n")                # a run killed mid-way left it
+    quick_run(cube, "--out", str(tmp_path))
+    assert (tmp_path / "ckpt.pt").exists() and not (tmp_path / "run.lock").exists()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        if runs.process_start(alive.pid):                                       # Linux: the id reused by another process
+            (tmp_path / "run.lock").write_text(f"{alive.pid} 1\n")
+            quick_run(cube, "--out", str(tmp_path), "--overwrite")
+        (tmp_path / "run.lock").write_text(f"{alive.pid} {runs.process_start(alive.pid)}\n")   # its own writer: refused
+        with pytest.raises(dv.DataError, match=f"in use by process {alive.pid}"):
+            quick_run(cube, "--out", str(tmp_path), "--overwrite")
+        with pytest.raises(dv.DataError, match=f"in use by process {alive.pid}"):      # a render into it too
+            render.main(["--run", str(tmp_path), "--out", str(tmp_path), "--frames", "1"])
+        assert (tmp_path / "run.lock").read_text().split()[0] == str(alive.pid)  # a refused command leaves the lock alone
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_render_from_another_working_directory_and_after_the_data_moved_or_went(cube, tmp_path, monkeypatch, capsys):
+    project = tmp_path / "project"
+    shutil.copytree(cube, project / "cube")
+    monkeypatch.chdir(project)
+    quick_run("cube", "--out", "runs/cube")                                    # --data as typed: a relative path
+    monkeypatch.chdir(tmp_path)
+    report = render.main(["--run", str(project / "runs" / "cube"), "--frames", "2"])
+    assert report["data"] == str(project / "cube") and (project / "runs" / "cube" / "render" / "metrics.json").exists()
+    moved = tmp_path / "moved"
+    project.rename(moved)                                                      # the run and its data moved together
+    report = render.main(["--run", str(moved / "runs" / "cube"), "--frames", "2", "--out", str(tmp_path / "r1")])
+    assert report["data"] == str(moved / "runs" / "cube" / ".." / ".." / "cube")
+    shutil.rmtree(moved / "cube")                                              # the data is gone: the orbit alone
+    capsys.readouterr()
+    report = render.main(["--run", str(moved / "runs" / "cube"), "--frames", "2", "--out", str(tmp_path / "r2")])
+    assert report["data"] is None and iio.imread(tmp_path / "r2" / "orbit.gif").shape == (2, 16, 32, 3)
+    assert not (tmp_path / "r2" / "metrics.json").exists()
+    assert "the data folder is gone: wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--elevation", "nan"], "--elevation: the value must be a finite number >= -90 and <= 90, got nan"),
+    (["--elevation", "91"], "--elevation: the value must be a finite number >= -90 and <= 90, got 91.0"),
+    (["--frames", "0"], "--frames: the value must be a finite number >= 1, got 0"),
+    (["--size", "-1"], "--size: the value must be a finite number >= 0, got -1"),
+])
+def test_render_numbers_are_checked_in_one_line(tmp_path, flags, message):
+    result = run_render("--ckpt", str(tmp_path / "missing.pt"), *flags)
+    assert result.returncode == 1 and result.stderr == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--iters", "0"], "--iters: the value must be a finite number >= 1, got 0"),
+    (["--minutes", "inf"], "--minutes: the value must be a finite number >= 0, got inf"),
+    (["--rows", "0"], "--rows: the value must be a finite number >= 1, got 0"),
+    (["--margin", "nan"], "--margin: the value must be a finite number >= 0 and < 180, got nan"),
+    (["--views", "1"], "--views: the value must be a finite number >= 2, got 1"),
+])
+def test_ablation_and_benchmark_numbers_are_checked_in_one_line(tmp_path, flags, message):
+    import ablation
+    import benchmark
+
+    with pytest.raises(dv.DataError, match=re.escape(message)):
+        ablation.main(["--out", str(tmp_path), *flags])
+    with pytest.raises(dv.DataError, match=re.escape("--repeats: the value must be a finite number >= 1, got 0")):
+        benchmark.main(["--repeats", "0"])
+
+
+def test_ablation_never_replaces_an_ablation_unasked(cube, tmp_path, monkeypatch, capsys):
+    import ablation
+
+    tiny_checkpoints(tmp_path / "done")
+    before = (tmp_path / "done" / "softmax" / "ckpt.pt").read_bytes()
+    with pytest.raises(dv.DataError, match="done: holds an ablation already; compare it with --compare_only"):
+        ablation.main(["--data", str(cube), "--out", str(tmp_path / "done"), *TINY_FLAGS])
+    monkeypatch.chdir(tmp_path)
+    tiny_checkpoints(tmp_path / "runs" / "ablation-cube")
+    ablation.main(["--data", str(cube), "--iters", "1", "--eval_every", "1e9", "--precision", "fp32", *TINY_FLAGS])
+    assert "ablation folder runs/ablation-cube-2: runs/ablation-cube holds another ablation" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "ablation-cube-2" / "ablation.png").exists()
+    assert (tmp_path / "done" / "softmax" / "ckpt.pt").read_bytes() == before
+
+
 # ── render.py: PSNR and SSIM, the orbit, evaluation, bad input ──────────────────────────────
 
 @pytest.fixture(scope="session")
@@ -1511,7 +1643,7 @@ def test_ssim_matches_direct_formula_and_its_properties():
 def test_orbit_circles_the_grid_centre_at_the_training_cameras_mean_distance(cube):
     scene = scenes.load_split(cube, "train", 16)
     cfg = replace(TINY, grid_center=(0.2, -0.1, 0.3))
-    poses = render.orbit(scene, cfg, 8, 30.0).double().numpy()
+    poses = scenes.orbit_poses(cfg.grid_center, scenes.orbit_radius(scene.poses, cfg.grid_center), 8, 30.0).double().numpy()
     eyes = poses[:, :3, 3] - np.array(cfg.grid_center)
     radius = np.mean([np.linalg.norm(p[:3, 3] - np.array(cfg.grid_center)) for p in scene.poses.double().numpy()])
     assert np.allclose(np.linalg.norm(eyes, axis=1), radius, atol=1e-5)
@@ -1537,16 +1669,16 @@ def test_evaluate_renders_in_eval_mode_and_restores_the_mode(cube):
     assert not any(m.training for m in model.modules())
 
 
-def test_find_checkpoint_takes_the_newest_run(tmp_path, monkeypatch):
+def test_newest_checkpoint_takes_the_newest_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(dv.DataError, match="no \\*/ckpt.pt found"):
-        render.find_checkpoint(render.parse_args([]))
+        runs.newest_checkpoint()
     for name, mtime in (("old", 1000), ("new", 2000), ("older", 500)):
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "ckpt.pt").write_bytes(b"")
         os.utime(tmp_path / "runs" / name / "ckpt.pt", (mtime, mtime))
-    assert render.find_checkpoint(render.parse_args([])) == Path("runs/new/ckpt.pt")
-    assert render.find_checkpoint(render.parse_args(["--run", "x"])) == Path("x/ckpt.pt")
+    assert runs.newest_checkpoint() == Path("runs/new/ckpt.pt")
+    assert runs.newest_checkpoint(run="x") == Path("x/ckpt.pt") and runs.newest_checkpoint(ckpt="y.pt") == Path("y.pt")
 
 
 def test_render_end_to_end(tiny_run, cube, tmp_path, capsys):
@@ -1571,7 +1703,8 @@ def test_render_end_to_end(tiny_run, cube, tmp_path, capsys):
     frames = iio.imread(out / "orbit.gif")
     assert frames.shape == (6, 24, 48, 3)
     with torch.no_grad():
-        orbit = model.render(render.orbit(train_split, model.cfg, 6, 20.0))["rgb"]
+        orbit = model.render(scenes.orbit_poses(model.cfg.grid_center, scenes.orbit_radius(train_split.poses, model.cfg.grid_center),
+                                                6, 20.0))["rgb"]
     orbit = nn.functional.interpolate(orbit, size=(24, 24), mode="bilinear", antialias=True).clamp(0, 1)
     assert np.abs(frames[:, :, :24] / 255 - orbit.permute(0, 2, 3, 1).numpy()).mean() < 0.02
     assert np.abs(frames[:, :, 24:, 0].astype(int) - frames[:, :, 24:, 2]).mean() > 10
@@ -1631,7 +1764,8 @@ def tiny_checkpoints(folder: Path) -> dict[str, dv.DeepVoxels]:
         model = dv.DeepVoxels(replace(TINY, occlusion=kind, grid_scale=1.25, focal=20.0, cx=8.0, cy=8.0))
         model.fuse(torch.rand(1, 3, 16, 16), camera([0.0, -2.5, 0.5]))
         (folder / kind).mkdir(parents=True)
-        dv.save_checkpoint(folder / kind / "ckpt.pt", {"model": model.state_dict(), "config": asdict(model.cfg), "step": 0})
+        dv.save_checkpoint(folder / kind / "ckpt.pt", {"model": model.state_dict(), "config": asdict(model.cfg), "step": 0,
+                                                       "scene": {"orbit_radius": 2.5}})
         models[kind] = model.eval()
     return models
 

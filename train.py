@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import deepvoxels as dv
 import render
+import runs
 import scenes
 
 
@@ -36,7 +37,8 @@ class TrainConfig:
     """Everything about the run that is not the model."""
 
     data: str = flag("./cube", f"scene folder in any of the five layouts (docs/your-data.md); {', '.join(scenes.SCENES)} are generated if missing")
-    out: str = flag("", "run folder for checkpoint, logs and previews (default: runs/<scene name>)")
+    out: str = flag("", "run folder for checkpoint, logs and previews (default: runs/<scene name>, or the first free "
+                        "runs/<scene name>-2, -3... when that holds another run)")
     iters: int = flag(100_000, "stop after this many steps in all, counted over the whole run when resumed", (">=", 1))
     minutes: float = flag(10.0, "stop after this much training time, counted over the whole run when resumed (0: no limit)", (">=", 0))
     lr: float = flag(4e-4, "Adam learning rate of the model and the discriminator (the authors: 4e-4)", (">", 0))
@@ -52,6 +54,7 @@ class TrainConfig:
     grid_center: str = flag("", "'x y z' world centre of the grid (default: bbox.txt, else intrinsics.txt, else estimated from the cameras)")
     grid_scale: float = flag(0.0, "world side of the grid (default 0: bbox.txt, else intrinsics.txt, else estimated from the cameras)", (">=", 0))
     resume: bool = flag(False, "continue from <out>/ckpt.pt: same flags, --iters and --minutes count the whole run")
+    overwrite: bool = flag(False, "start a new run in an --out folder that holds one: its checkpoint is replaced at the first save")
     check: bool = flag(False, "only load the data, check the grid against the images, write <out>/cameras.png and exit (seconds)")
 
 
@@ -142,19 +145,33 @@ def main(argv=None) -> None:
     """Train as the flags say; never exits, and leaves signal handlers, denormal flushing and torch's random state as it found them."""
     run, sizes, feat_from_scene = parse_args(argv)
     with dv.flushed_denormals(), torch.random.fork_rng(devices=[] if torch.device(run.device).type == "cpu" else None):
-        fit(run, sizes, feat_from_scene)
+        with run_folder(run) as out:
+            fit(run, sizes, out, feat_from_scene)
 
 
-def prepare_scene(run: TrainConfig, sizes: dv.Config, feat_from_scene: bool) -> tuple[scenes.Scene, scenes.Scene | None, dv.Config, Path]:
-    """Training views, held-out views or None, the configuration with the grid placed, the run folder (with cameras.png)."""
-    train, held_out, cfg = scenes.open_scene(run.data, sizes, run.grid_center or None, run.grid_scale or None, feat_from_scene)
-    out = Path(run.out or Path("runs") / Path(run.data).resolve().name)
+def run_folder(run: TrainConfig) -> contextlib.AbstractContextManager[Path]:
+    """The run folder, held by this run alone while it trains (runs.claimed): without --out, runs/<scene> or the first
+    free runs/<scene>-2, -3...; --out as given, refused when it holds a checkpoint that --resume or --overwrite does not
+    name (--check writes cameras.png only: it takes the folder as it is)."""
+    if not run.out:
+        return runs.claimed(Path("runs") / Path(run.data).resolve().name, new=not (run.resume or run.check))
+    if (Path(run.out) / runs.CHECKPOINT).exists() and not (run.resume or run.overwrite or run.check):
+        raise dv.DataError(f"{Path(run.out) / runs.CHECKPOINT}: holds a run already; continue it with --resume, "
+                           f"choose another --out, or replace it with --overwrite")
+    return runs.claimed(Path(run.out))
+
+
+def prepare_scene(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool) -> tuple[scenes.Scene, scenes.Scene | None, dv.Config]:
+    """Training views, held-out views or None, the configuration with the grid placed; writes <out>/cameras.png."""
     scenes.check_writable(out, "ckpt.pt", "history.json", "cameras.png", "preview.png")   # fail now, not at the first save
+    if not run.out and out != (default := Path("runs") / Path(run.data).resolve().name):
+        print(f"run folder {out}: {default} holds another run (--out chooses the folder)")
+    train, held_out, cfg = scenes.open_scene(run.data, sizes, run.grid_center or None, run.grid_scale or None, feat_from_scene)
     scenes.plot_setup(out / "cameras.png", train, held_out, cfg)
     if run.check:
         print(f"grid centred at {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)}, side {cfg.grid_scale:.3g}; "
               f"wrote {out / 'cameras.png'}; --check: not training")
-    return train, held_out, cfg, out
+    return train, held_out, cfg
 
 
 def build_or_resume(run: TrainConfig, cfg: dv.Config, ckpt_path: Path) -> tuple[dict, dict]:
@@ -186,22 +203,24 @@ def build_or_resume(run: TrainConfig, cfg: dv.Config, ckpt_path: Path) -> tuple[
     return parts, progress
 
 
-def save_checkpoint(parts: dict, progress: dict, run: TrainConfig, ckpt_path: Path) -> None:
-    """Write the run's checkpoint; raises Diverged instead when the weights or the grid are no longer finite."""
+def save_checkpoint(parts: dict, progress: dict, run: TrainConfig, ckpt_path: Path, scene: dict) -> None:
+    """Write the run's checkpoint, with `scene` (where its data is, the orbit radius); raises Diverged instead when the
+    weights or the grid are no longer finite."""
     if not all(t.isfinite().all() for t in parts["model"].state_dict().values() if t.is_floating_point()):
         raise Diverged(f"step {progress['step']}: the weights or the grid are no longer finite (training diverged); {progress['kept']}")
     dv.save_checkpoint(ckpt_path, {name: part.state_dict() for name, part in parts.items()} | {   # a failed write: DataError
         "config": dataclasses.asdict(parts["model"].cfg), "train_config": dataclasses.asdict(run), "torch_rng": torch.get_rng_state(),
-        "sampler_rng": progress["sampler"].get_state(), **{k: progress[k] for k in ("step", "seconds", "history")}})
+        "sampler_rng": progress["sampler"].get_state(), "scene": scene, **{k: progress[k] for k in ("step", "seconds", "history")}})
     progress["kept"] = f"{ckpt_path} keeps step {progress['step']}, the last finite state"
 
 
-def fit(run: TrainConfig, sizes: dv.Config, feat_from_scene: bool = False) -> None:
-    """Load the scene, build or resume the model, train it, evaluate and checkpoint it as it goes."""
-    train, held_out, cfg, out = prepare_scene(run, sizes, feat_from_scene)
+def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = False) -> None:
+    """Load the scene, build or resume the model, train it into the folder `out`, evaluate and checkpoint it as it goes."""
+    train, held_out, cfg = prepare_scene(run, sizes, out, feat_from_scene)
     if run.check:
         return
-    parts, progress = build_or_resume(run, cfg, ckpt_path := out / "ckpt.pt")
+    parts, progress = build_or_resume(run, cfg, ckpt_path := out / runs.CHECKPOINT)
+    scene = {"data": runs.data_entry(run.data, out), "orbit_radius": scenes.orbit_radius(train.poses, cfg.grid_center)}
     model = parts["model"]
     images, poses = train.images.to(run.device), train.poses.to(run.device)
     neighbours = scenes.view_neighbours(train.poses)                              # (V, min(4, V - 1))
@@ -230,7 +249,7 @@ def fit(run: TrainConfig, sizes: dv.Config, feat_from_scene: bool = False) -> No
                 progress["history"].append({"step": progress["step"], "minutes": round(progress["seconds"] / 60, 3), "test_psnr": round(psnr, 3)})
                 if held_out is not None:                                  # the gap: it fits its views but not novel ones
                     progress["history"][-1]["train_psnr"] = round(render.evaluate(model, watch, run.device, run.precision)[0], 3)
-                save_checkpoint(parts, progress, run, ckpt_path)
+                save_checkpoint(parts, progress, run, ckpt_path, scene)
                 render.save_preview(out / "preview.png", test, rgb, depth)
                 (out / "history.json").write_text(json.dumps(progress["history"], indent=1))
                 next_eval += run.eval_every
@@ -242,9 +261,9 @@ def fit(run: TrainConfig, sizes: dv.Config, feat_from_scene: bool = False) -> No
                 print(f"step {progress['step']:6d} | loss {loss:.4f} | {split} PSNR {psnr_now} | {ms:5.0f} ms/step | "
                       f"grid max {model.grid.abs().max().item():#.3g} | {left / 60:4.1f} min left", flush=True)
                 last_log, last_log_step = now, progress["step"]
-    save_checkpoint(parts, progress, run, ckpt_path)
+    save_checkpoint(parts, progress, run, ckpt_path, scene)
     if stop:
-        print(f"interrupted: saved step {progress['step']} to {ckpt_path}; continue with the same command and --resume")
+        print(f"interrupted: saved step {progress['step']} to {ckpt_path}; continue with --resume --out {out}")
         raise KeyboardInterrupt
     final = f"{progress['history'][-1]['test_psnr']:.2f} dB" if progress["history"] else "-"
     print(f"done: step {progress['step']}, {progress['seconds'] / 60:.1f} min, {split} PSNR {final} ({baseline_name} {baseline:.2f} dB); "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 import deepvoxels as dv
-import render
+import runs
 import scenes
 
 
@@ -53,18 +52,9 @@ def find_models(args: argparse.Namespace) -> tuple[dict[str, dv.DeepVoxels], dic
     folder = Path(args.run) if args.run else None
     paths = [folder / kind / "ckpt.pt" for kind in ("softmax", "naive")] if folder else []
     if not (paths and all(p.is_file() for p in paths)):
-        paths = [render.find_checkpoint(args)]
-    loaded = [dv.load_checkpoint(p, "cpu") for p in paths]           # the viewer renders on the CPU
+        paths = [runs.newest_checkpoint(args.ckpt, args.run)]
+    loaded = [dv.load_checkpoint(p, "cpu", {"scene": dict}) for p in paths]   # the viewer renders on the CPU
     return {model.cfg.occlusion: model.eval() for model, _ in loaded}, loaded[0][1]
-
-
-def viewing_distance(cfg: dv.Config, state: dict) -> float:
-    """The training cameras' mean distance from the grid centre; without the data, where the grid's bounding sphere fills the view's narrower half."""
-    poses = Path(state["train_config"]["data"], "train", "pose") if "train_config" in state else None
-    if poses is not None and poses.is_dir():
-        return (render.read_poses(poses)[:, :3, 3] - torch.tensor(cfg.grid_center)).norm(dim=-1).mean().item()
-    half_width = min(cfg.cx, cfg.img_size - cfg.cx, cfg.cy, cfg.img_size - cfg.cy)
-    return cfg.grid_scale * math.sqrt(3) / 2 / math.sin(math.atan(half_width / cfg.focal))
 
 
 class Viewer:
@@ -162,8 +152,7 @@ def view(args: argparse.Namespace) -> Viewer:
     import matplotlib.pyplot as plt
 
     models, state = find_models(args)
-    model = next(iter(models.values()))
-    viewer = Viewer(models, viewing_distance(model.cfg, state), plt.figure(figsize=(11, 3.8)))
+    viewer = Viewer(models, state["scene"]["orbit_radius"], plt.figure(figsize=(11, 3.8)))
     print("drag: orbit | click: weights along that pixel's ray" + (" | t: softmax <-> naive" if len(models) > 1 else ""))
     plt.show()
     return viewer

@@ -1,0 +1,133 @@
+"""Run folders: where a command writes, one command at a time in each, and how a run is found again.
+
+Nothing a user does twice loses a run:
+  * train.py without --out takes runs/<scene>, or, when that holds a checkpoint or a live run,
+    the first free runs/<scene>-2, runs/<scene>-3, ...; with --out it refuses a folder that holds
+    a checkpoint unless told --resume or --overwrite.
+  * Every command that writes into a folder (a training run, a render, an ablation) holds the
+    folder's lock file while it works: the process id and start time of its writer. A second
+    command is refused while that process lives; a lock left by a killed process is taken over.
+  * The checkpoint names its data folder twice, absolute and relative to the run folder, so a
+    run renders from any working directory, and after the run and its data moved together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from pathlib import Path
+
+from deepvoxels import DataError
+
+CHECKPOINT = "ckpt.pt"
+LOCK = "run.lock"
+
+
+def process_start(pid: int) -> str:
+    """When process pid started (Linux: field 22 of /proc/<pid>/stat), or "" where that is unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def is_running(pid: int, started: str) -> bool:
+    """Whether the process that wrote a lock (pid, its start time or "") still runs."""
+    if os.name == "nt":               # os.kill(pid, 0) sends Ctrl-C there: never guess a run is gone
+        return True
+    try:
+        os.kill(pid, 0)               # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:           # another user's process
+        return True
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False              # a zombie: ended, not yet reaped by its parent
+    except (OSError, IndexError):
+        pass
+    return not started or process_start(pid) in ("", started)   # a new process under a reused id
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The process id of the live command that holds folder's lock, or None."""
+    try:
+        pid, _, started = (folder / LOCK).read_text().strip().partition(" ")
+        return int(pid) if is_running(int(pid), started) else None
+    except (OSError, ValueError):     # no lock, or a lock cut short by a crash: nobody holds it
+        return None
+
+
+def try_lock(folder: Path) -> int | None:
+    """Take folder's lock (making the folder); None when taken, else the live holder's process id."""
+    me = f"{os.getpid()} {process_start(os.getpid())}"
+    for _ in range(2):                # the second try after clearing a stale lock
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if (holder := lock_holder(folder)) is not None:
+                return holder
+            (folder / LOCK).unlink(missing_ok=True)      # left by a process that is gone
+            continue
+        except OSError as e:
+            raise DataError(f"{folder}: cannot write the output folder ({e.strerror or e})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        return None
+    return lock_holder(folder) or -1  # another command cleared the same stale lock first
+
+
+def in_use(folder: Path, pid: int) -> DataError:
+    return DataError(f"{folder}: in use by process {pid} (a run, a render or an ablation); wait for it, "
+                     f"or choose another --out (if no such process runs, delete {folder / LOCK})")
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether a folder holds a checkpoint, or a folder in it does (an ablation's softmax/ and naive/)."""
+    return (folder / CHECKPOINT).exists() or any(folder.glob(f"*/{CHECKPOINT}"))
+
+
+@contextlib.contextmanager
+def claimed(folder: Path, new: bool = False):
+    """Hold folder's lock for the block and yield the folder. With new: the first of folder,
+    folder-2, folder-3, ... that holds no checkpoint and no live command."""
+    candidates = (folder.with_name(f"{folder.name}-{i}") if i > 1 else folder for i in itertools.count(1))
+    for candidate in candidates if new else [folder]:
+        if new and holds_run(candidate):
+            continue
+        if (holder := try_lock(candidate)) is None:
+            break
+        if not new:
+            raise in_use(folder, holder)
+    try:
+        yield candidate
+    finally:
+        with contextlib.suppress(OSError, ValueError):   # only our own lock is removed
+            if int((candidate / LOCK).read_text().split()[0]) == os.getpid():
+                (candidate / LOCK).unlink()
+
+
+def newest_checkpoint(ckpt: str | None = None, run: str | None = None) -> Path:
+    """--ckpt, else <--run>/ckpt.pt, else the most recently written runs/*/ckpt.pt."""
+    if ckpt or run:
+        return Path(ckpt or Path(run) / CHECKPOINT)
+    found = sorted(Path("runs").glob(f"*/{CHECKPOINT}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise DataError(f"runs: no */{CHECKPOINT} found (train one with train.py, or pass --ckpt)")
+    return found[-1]
+
+
+def data_entry(data: str | Path, run_folder: Path) -> dict[str, str]:
+    """The checkpoint's record of the data folder: absolute, and relative to the run folder."""
+    data = Path(data).resolve()
+    return {"absolute": str(data), "from_run": os.path.relpath(data, run_folder.resolve())}
+
+
+def find_data(entry: dict, ckpt: Path) -> Path | None:
+    """The data folder a checkpoint was trained on, where it can still be found, else None."""
+    for folder in (Path(entry["absolute"]), ckpt.parent / entry["from_run"]):
+        if folder.is_dir():
+            return folder
+    return None
