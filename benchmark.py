@@ -135,20 +135,27 @@ def main(argv=None) -> None:
     cfg = dv.Config(**{**sizes.__dict__, "focal": 1.25 * sizes.img_size, "cx": sizes.img_size / 2,
                        "cy": sizes.img_size / 2, "grid_scale": 1.25})
     fp32 = stage_timings(cfg, run_flags.device, "fp32", run_flags.repeats, run_flags.profile == "fp32")
-    bf16 = stage_timings(cfg, run_flags.device, "bf16", run_flags.repeats, run_flags.profile == "bf16")
+    if dv.resolve_precision(run_flags.device) == "bf16":                       # where train.py's auto would use it
+        bf16 = stage_timings(cfg, run_flags.device, "bf16", run_flags.repeats, run_flags.profile == "bf16")
+    else:
+        bf16 = {name: (float("nan"),) * 3 for name in fp32}
+        print("bf16: not timed: this CPU has no bf16 units, where bf16 runs many times slower than fp32 "
+              "(train.py and render.py use fp32 here)")
     matmul = matmul_gflops(run_flags.device, run_flags.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {run_flags.device}, median of "
+    print(f"torch {torch.__version__}, device {run_flags.device}, median of "
           f"{run_flags.repeats} runs; image {cfg.img_size}, features {cfg.feat_size}, grid {cfg.grid_size}^3 x {cfg.channels}, D {cfg.depth_planes}")
-    print(f"fp32 2048 x 2048 matmul: {matmul:.0f} GFLOP/s")
+    print(f"this CPU: {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "
+          f"{'with' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'no'} bf16 units, "
+          f"fp32 2048 x 2048 matmul {matmul:.0f} GFLOP/s")
     print("| stage | fp32 forward ms | fp32 fwd+bwd ms | bf16 forward ms | bf16 fwd+bwd ms | bf16 speed-up | GFLOP | fp32 share of matmul rate |")
     print("|---|---|---|---|---|---|---|---|")
     for name in fp32:
         (f32, f32b, work), (b16, b16b, _) = fp32[name], bf16[name]
         cells = [f"{t:.1f}" if t == t else "" for t in (f32, f32b, b16, b16b)]           # t != t: not measured (nan)
-        speedup = f32b / b16b if f32b == f32b else f32 / b16
+        speedup = f32b / b16b if f32b == f32b else f32 / b16                             # nan: bf16 not timed
         seconds = (f32b if f32b == f32b else f32) / 1000
         share = f"{work / seconds / matmul:.0%}" if work > 0 else ""                         # grid_sample: no FLOPs counted
-        print(f"| {name} | {' | '.join(cells)} | {speedup:.2f}x | {work:.2f} | {share} |")
+        print(f"| {name} | {' | '.join(cells)} | {f'{speedup:.2f}x' if speedup == speedup else ''} | {work:.2f} | {share} |")
 
 
 if __name__ == "__main__":
