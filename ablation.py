@@ -31,25 +31,29 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure  # no pyplot: no global backend
 
+import checks
+import dataset
 import deepvoxels as dv
+import figures
 import render
 import runs
 import scenes
+import synthetic
 import train as trainer
 
 
 def read_views(data: Path, splits: tuple[str, ...]) -> tuple[list[tuple[str, Path]], np.ndarray]:
     """The (split, pose file) of every view of data/<split> for the given splits, and their (V, 4, 4) poses;
     all splits must share one camera."""
-    camera = scenes.read_intrinsics(data / "train" / "intrinsics.txt")
+    camera = checks.read_intrinsics(data / "train" / "intrinsics.txt")
     views = []
     for split in splits:
         if (data / split / "pose").is_dir():
-            if scenes.read_intrinsics(data / split / "intrinsics.txt") != camera:
+            if checks.read_intrinsics(data / split / "intrinsics.txt") != camera:
                 raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from {data / 'train' / 'intrinsics.txt'}; "
                                    "--holdout half and sparse need one camera for all views")
             views += [(split, f) for f in sorted((data / split / "pose").glob("*.txt"))]
-    return views, np.stack([scenes.read_pose(f) for _, f in views]) if views else np.zeros((0, 4, 4))
+    return views, np.stack([checks.read_pose(f) for _, f in views]) if views else np.zeros((0, 4, 4))
 
 
 def write_views(data: Path, dest: Path, halves: dict[str, list[tuple[str, Path]]]) -> Path:
@@ -73,7 +77,7 @@ def split_by_azimuth(data: Path, dest: Path, margin: float) -> Path:
     as dest/train, and those of the other half whose viewing direction is at least `margin` degrees from
     every training view's as dest/test; returns dest."""
     views, poses = read_views(data, ("train", "test"))
-    center = scenes.read_intrinsics(data / "train" / "intrinsics.txt").grid_center or (0.0, 0.0, 0.0)
+    center = checks.read_intrinsics(data / "train" / "intrinsics.txt").grid_center or (0.0, 0.0, 0.0)
     eyes = poses[:, :3, 3] - np.array(center)
     first_half = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0])) % 360 < 180
     directions = poses[:, :3, 2]
@@ -105,7 +109,7 @@ def angle_to_training(train: scenes.Scene, held_out: scenes.Scene) -> torch.Tens
 
 
 def main(argv=None) -> None:
-    parser = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = checks.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="./cube", help="scene folder, any layout train.py reads (default: ./cube)")
     parser.add_argument("--iters", type=int, default=1000, help="training steps of each model (default: 1000)")
     parser.add_argument("--minutes", type=float, default=0.0, help="training time of each model, if it ends before --iters (default: 0, no limit)")
@@ -123,14 +127,14 @@ def main(argv=None) -> None:
     args, train_flags = parser.parse_known_args(argv)
     for name, *rules in (("iters", (">=", 1)), ("minutes", (">=", 0)), ("rows", (">=", 1)), ("margin", (">=", 0), ("<", 180)),
                          ("views", (">=", 2))):
-        scenes.check_number(f"--{name}", "the value", getattr(args, name), *rules)
+        checks.check_number(f"--{name}", "the value", getattr(args, name), *rules)
     run, _, _ = trainer.parse_args(["--data", args.data, *train_flags])         # train.py's flags, checked before any work
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
     if args.out and runs.holds_run(out) and not (args.compare_only or run.resume or run.overwrite):
         raise dv.DataError(f"{out}: holds an ablation already; compare it with --compare_only, continue it with --resume, "
                            f"choose another --out, or replace it with --overwrite")
-    scenes.check_writable(out, "ablation.png", "ablation-curves.png", "softmax", "naive")   # before any training
+    checks.check_writable(out, "ablation.png", "ablation-curves.png", "softmax", "naive")   # before any training
     with runs.claimed(out, new=not (args.out or args.compare_only or run.resume)) as folder:  # one command at a time
         if folder != out:
             print(f"ablation folder {folder}: {out} holds another ablation (--out chooses the folder)")
@@ -139,7 +143,9 @@ def main(argv=None) -> None:
 
 def compare(args: argparse.Namespace, train_flags: list[str], out: Path) -> None:
     """Train both models into out/softmax and out/naive (unless --compare_only), then compare them."""
-    scenes.find_scene(args.data)
+    if line := synthetic.generating(args.data):
+        print(line)
+    synthetic.find_scene(args.data)
     if args.holdout == "half":
         args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin))
     if args.holdout == "sparse":
@@ -152,7 +158,8 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path) -> None
                           "--minutes", str(args.minutes), "--occlusion", kind, *train_flags])
 
     models = {kind: dv.load_checkpoint(out / kind / "ckpt.pt") for kind in kinds}
-    train_views, test, _ = scenes.load_scene(args.data, models["softmax"][0].cfg.img_size)   # both share the sizes
+    train_views, test, layout = dataset.load_scene(args.data, models["softmax"][0].cfg.img_size)  # both share the sizes
+    print(*dataset.describe(args.data, train_views, test, layout), sep="\n")
     test = train_views if test is None else test
     print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) | gap (dB) |\n|---|---|---|---|---|---|---|")
     columns, histories = [], {}
@@ -165,7 +172,7 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path) -> None
               f"| {train_psnr - test_psnr:.2f} |")
         columns.append(test_rgb.clamp(0, 1))
         if depth is not None:
-            depth_column = scenes.colorize_depth(depth, test_rgb.shape[-1])
+            depth_column = figures.colorize_depth(depth, test_rgb.shape[-1])
     baseline = dv.psnr(scenes.nearest_view_baseline(train_views, test.poses), test.images).mean()
     print(f"| nearest training view | - | - | - | - | {baseline:.2f} | - |")
     angles = angle_to_training(train_views, test)

@@ -22,6 +22,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import checks
 import deepvoxels as dv
 import scenes
 import train
@@ -123,13 +124,13 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int,
 
 
 def main(argv=None) -> None:
-    parser = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = checks.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per stage (default: 20)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--profile", choices=("fp32", "bf16"), help="also print the costliest operators of a training step in this precision")
     run_flags, rest = parser.parse_known_args(argv)
-    scenes.check_number("--repeats", "the value", run_flags.repeats, (">=", 1))
-    scenes.check_device(run_flags.device)
+    checks.check_number("--repeats", "the value", run_flags.repeats, (">=", 1))
+    checks.check_device(run_flags.device)
     _, sizes, _ = train.parse_args(rest)                                       # the model-size flags of train.py
     torch.set_flush_denormal(True)
     cfg = dv.Config(**{**sizes.__dict__, "focal": 1.25 * sizes.img_size, "cx": sizes.img_size / 2,

@@ -27,7 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checks
+import dataset
 import deepvoxels as dv
+import figures
 import runs
 import scenes
 
@@ -37,7 +40,7 @@ SHEET_VIEWS = 4  # test views on sheet.png, spread over the test split
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags; every one has a default, so `python render.py` renders the newest run."""
-    p = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = checks.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
     which.add_argument("--run", help="run folder holding ckpt.pt (default: the newest under runs/)")
@@ -51,10 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)")
     args = p.parse_args(argv)
-    scenes.check_number("--frames", "the value", args.frames, (">=", 1))
-    scenes.check_number("--elevation", "the value", args.elevation, (">=", -90), ("<=", 90))
-    scenes.check_number("--size", "the value", args.size, (">=", 0))
-    scenes.check_device(args.device)
+    checks.check_number("--frames", "the value", args.frames, (">=", 1))
+    checks.check_number("--elevation", "the value", args.elevation, (">=", -90), ("<=", 90))
+    checks.check_number("--size", "the value", args.size, (">=", 0))
+    checks.check_device(args.device)
     return args
 
 
@@ -63,7 +66,7 @@ def read_poses(folder: Path) -> torch.Tensor:
     files = sorted(folder.glob("*.txt"))
     if not files:
         raise dv.DataError(f"{folder}: no pose .txt files found" if folder.is_dir() else f"{folder}: no such poses folder")
-    return torch.from_numpy(np.stack([scenes.read_pose(f) for f in files])).float()
+    return torch.from_numpy(np.stack([checks.read_pose(f) for f in files])).float()
 
 
 def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
@@ -97,14 +100,14 @@ def evaluate(model: dv.DeepVoxels, scene: scenes.Scene, device: str, precision: 
 def save_preview(path: Path, test: scenes.Scene, rgb: torch.Tensor, depth: torch.Tensor | None, views: int = 4) -> None:
     """PNG with one row per held-out view: target | prediction | depth (if the model has one)."""
     size = test.images.shape[-1]
-    depth_column = [] if depth is None else [scenes.colorize_depth(depth[:views], size)]
+    depth_column = [] if depth is None else [figures.colorize_depth(depth[:views], size)]
     rows = torch.cat([test.images[:views], rgb[:views].clamp(0, 1), *depth_column], dim=3)  # (views, 3, H, 2W or 3W)
     iio.imwrite(path, np.concatenate(to_uint8(rows)))                                       # rows stacked vertically
 
 
 def depth_images(depth: torch.Tensor | None, n: int, size: int, depth_range=None) -> torch.Tensor:
     """Depth maps (n, 1, h, w) as viridis images (n, 3, size, size); plain grey for a model without depth."""
-    return torch.full((n, 3, size, size), 0.5) if depth is None else scenes.colorize_depth(depth, size, depth_range)
+    return torch.full((n, 3, size, size), 0.5) if depth is None else figures.colorize_depth(depth, size, depth_range)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -145,7 +148,7 @@ def main(argv=None) -> dict:
     path = read_poses(Path(args.poses)) if args.poses else None
     out = Path(args.out or ckpt.parent / "render")
     video = "path" if args.poses else "orbit"
-    scenes.check_writable(out, "metrics.json", "sheet.png", f"{video}.gif", f"{video}.mp4")
+    checks.check_writable(out, "metrics.json", "sheet.png", f"{video}.gif", f"{video}.mp4")
     with runs.claimed(out):                                            # one command at a time writes there
         return render_run(model, state, ckpt, data, path, out, args)
 
@@ -171,7 +174,8 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
         return {"checkpoint": str(ckpt), "step": state["step"], "data": None, "videos": [str(v) for v in videos]}
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
-    train, test, _ = scenes.load_scene(data, cfg.img_size)
+    train, test, layout = dataset.load_scene(data, cfg.img_size)
+    print(*dataset.describe(data, train, test, layout), sep="\n")
     split, test = ("train", train) if test is None else ("test", test)
     pred, pred_depth, test_seconds = render_views(model, test.poses, args.device, args.precision)
     nearest = scenes.nearest_view_baseline(train, test.poses)

@@ -24,7 +24,13 @@ import torch.nn.functional as F
 import torch.nn as nn
 
 import deepvoxels as dv
+import checks
+import dataset
+import figures
+import grid_check
+import layouts
 import scenes
+import synthetic
 import render
 import runs
 import train
@@ -44,7 +50,7 @@ SMALL_FLAGS = ["--img_size", "32", "--feat_size", "16", "--grid_size", "8", "--c
 def cube(tmp_path_factory) -> Path:
     """A small synthetic cube scene on disk (12 training and 4 test views at 32 px)."""
     root = tmp_path_factory.mktemp("data") / "cube"
-    scenes.make_scene(root, n_train=12, n_test=4, size=32)
+    synthetic.make_scene(root, n_train=12, n_test=4, size=32)
     return root
 
 
@@ -55,7 +61,7 @@ def camera(eye, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
 
 def write_scene(root: Path, n: int = 2) -> Path:
     """A minimal valid scene to break in the tests below."""
-    scenes.make_scene(root, n_train=n, n_test=1, size=16)
+    synthetic.make_scene(root, n_train=n, n_test=1, size=16)
     return root
 
 
@@ -546,7 +552,7 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
 
 def cube_views(cube: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Every view of the cube scene as (split, OpenCV camera-to-world pose, RGB uint8 image), train first."""
-    return [(split, scenes.read_pose(p), iio.imread(cube / split / "rgb" / (p.stem + ".png")))
+    return [(split, checks.read_pose(p), iio.imread(cube / split / "rgb" / (p.stem + ".png")))
             for split in ("train", "test") for p in sorted((cube / split / "pose").glob("*.txt"))]
 
 
@@ -612,7 +618,7 @@ def export_nsvf(cube: Path, root: Path) -> Path:
 
 def write_layout(root: Path, layout: str) -> Path:
     """A small valid scene in `layout` to break in the tests below."""
-    scenes.make_scene(root / "cube", n_train=2, n_test=1, size=16)
+    synthetic.make_scene(root / "cube", n_train=2, n_test=1, size=16)
     export = {"nerf": export_nerf_synthetic, "colmap": export_colmap, "nsvf": export_nsvf}[layout]
     return export(root / "cube", root / layout)
 
@@ -648,20 +654,21 @@ def test_loader_reads_both_pose_layouts_alpha_and_rescales_intrinsics(tmp_path):
     assert torch.allclose(scene.images[0, :, -1], torch.tensor([1.0, 0.0, 0.0])[:, None])  # red where opaque
 
 
-def test_world2cam_flag_inverts_the_poses_and_says_so(cube, tmp_path, capsys):
+def test_world2cam_flag_inverts_the_poses_and_says_so(cube, tmp_path):
     flipped = shutil.copytree(cube, tmp_path / "world2cam")
     for split in ("train", "test"):
         for path in (flipped / split / "pose").glob("*.txt"):
-            np.savetxt(path, np.linalg.inv(scenes.read_pose(path)), fmt="%.10f")
+            np.savetxt(path, np.linalg.inv(checks.read_pose(path)), fmt="%.10f")
         intrinsics = flipped / split / "intrinsics.txt"
         intrinsics.write_text(intrinsics.read_text() + "1\n")
-    original, original_test, _ = scenes.load_scene(cube, 32)
-    train, test, _ = scenes.load_scene(flipped, 32)
+    original, original_test, _ = dataset.load_scene(cube, 32)
+    train, test, layout = dataset.load_scene(flipped, 32)
     assert torch.allclose(train.poses, original.poses, atol=1e-5) and torch.allclose(test.poses, original_test.poses, atol=1e-5)
-    assert "line 6 says the poses are world-to-camera: inverted on reading" in capsys.readouterr().out
+    said = "\n".join(dataset.describe(flipped, train, test, layout))      # what the scripts print
+    assert "line 6 says the poses are world-to-camera: inverted on reading" in said
     edit(flipped / "train" / "intrinsics.txt", "\n1\n", "\n2\n")
     with pytest.raises(dv.DataError, match="world2cam_poses, must be 0 or 1, got 2"):
-        scenes.load_scene(flipped, 32)
+        dataset.load_scene(flipped, 32)
 
 
 def test_loader_keeps_one_full_size_image_in_memory_at_a_time(tmp_path):
@@ -685,18 +692,20 @@ def test_loader_keeps_one_full_size_image_in_memory_at_a_time(tmp_path):
 
 def test_quaternion_to_rotation_matches_a_hand_computed_rotation():
     quarter_turn_about_z = np.array([np.cos(np.pi / 4), 0, 0, np.sin(np.pi / 4)])
-    assert np.allclose(scenes.quaternion_to_rotation(quarter_turn_about_z) @ [1, 0, 0], [0, 1, 0])   # x -> y
+    assert np.allclose(layouts.quaternion_to_rotation(quarter_turn_about_z) @ [1, 0, 0], [0, 1, 0])   # x -> y
     R = scenes.look_at(np.array([1.0, -2.0, 0.5]), np.zeros(3))[:3, :3]
-    assert np.allclose(scenes.quaternion_to_rotation(rotation_to_quaternion(R)), R, atol=1e-12)
+    assert np.allclose(layouts.quaternion_to_rotation(rotation_to_quaternion(R)), R, atol=1e-12)
 
 
 @pytest.mark.parametrize("layout, export, every_8th", [
     ("NeRF-synthetic", export_nerf_synthetic, False), ("instant-ngp/nerfstudio transforms.json", export_transforms_json, True),
     ("COLMAP text model", export_colmap, True), ("NSVF", export_nsvf, False)])
-def test_every_layout_reads_back_the_cube(cube, tmp_path, capsys, layout, export, every_8th):
-    train, test, found = scenes.load_scene(export(cube, tmp_path / "scene"), 16)
-    assert found == layout and f"{layout} layout" in capsys.readouterr().out
-    ref_train, ref_test, _ = scenes.load_scene(cube, 16)
+def test_every_layout_reads_back_the_cube(cube, tmp_path, layout, export, every_8th):
+    root = export(cube, tmp_path / "scene")
+    train, test, found = dataset.load_scene(root, 16)
+    said = "\n".join(dataset.describe(root, train, test, found))          # what the scripts print
+    assert found == layout and f"{layout} layout" in said
+    ref_train, ref_test, _ = dataset.load_scene(cube, 16)
     if every_8th:                                                         # one file of 16 views: 0 and 8 held out
         images, poses = torch.cat([ref_train.images, ref_test.images]), torch.cat([ref_train.poses, ref_test.poses])
         held = torch.arange(16) % 8 == 0
@@ -717,14 +726,14 @@ def test_every_layout_reads_back_the_cube(cube, tmp_path, capsys, layout, export
 def test_nerf_synthetic_holds_out_the_val_views_when_there_is_no_test_file(cube, tmp_path):
     root = export_nerf_synthetic(cube, tmp_path / "scene")
     (root / "transforms_test.json").rename(root / "transforms_val.json")
-    _, val, _ = scenes.load_scene(root, 16)
+    _, val, _ = dataset.load_scene(root, 16)
     assert torch.allclose(val.poses, scenes.load_split(cube, "test", 16).poses, atol=1e-5)
     (root / "transforms_val.json").unlink()
-    assert scenes.load_scene(root, 16)[1] is None
+    assert dataset.load_scene(root, 16)[1] is None
 
 
 @pytest.mark.parametrize("fmt, width, height", [("transforms.json", 40, 24), ("COLMAP", 24, 40)])
-def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pixel(tmp_path, capsys, fmt, width, height):
+def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pixel(tmp_path, fmt, width, height):
     fx, fy, cx, cy, z = 30.0, 36.0, width / 2 + 1.0, height / 2 - 0.5, 3.0
     u0, v0 = (28.0, 10.0) if width > height else (10.0, 28.0)           # the point's pixel position, a pixel corner
     point = torch.tensor([(u0 - cx) * z / fx, (v0 - cy) * z / fy, z])     # camera at the origin, OpenCV axes
@@ -741,8 +750,8 @@ def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pix
     else:
         frames = [{"file_path": f"images/{k}.png", "transform_matrix": np.diag([1.0, -1, -1, 1]).tolist()} for k in range(2)]
         (root / "transforms.json").write_text(json.dumps({"fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": width, "h": height, "frames": frames}))
-    train, _, _ = scenes.load_scene(root, 12)                                 # crop 24x24, then resize by 1/2
-    assert "centre-cropped to 24x24" in capsys.readouterr().out
+    train, test, layout = dataset.load_scene(root, 12)             # crop 24x24, then resize by 1/2
+    assert "centre-cropped to 24x24" in "\n".join(dataset.describe(root, train, test, layout))
     i = train.intrinsics
     K = dv.intrinsics_matrix(i.focal, i.cx, i.cy, focal_y=i.focal_y)
     assert (K[0, 0].item(), K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))   # fx and fy stay apart
@@ -836,7 +845,7 @@ def test_colmap_image_names_that_are_not_utf8_are_one_line(cube, tmp_path):
     images = root / "sparse" / "0" / "images.txt"
     images.write_bytes(images.read_bytes().replace(b"001.png", "00\xe9.png".encode("latin-1")))
     with pytest.raises(dv.DataError, match="images.txt: is not UTF-8 text"):
-        scenes.load_scene(root, 32)
+        dataset.load_scene(root, 32)
 
 
 def test_images_are_one_frame_of_grey_palette_or_rgb_never_read_channel_by_channel(tmp_path):
@@ -847,10 +856,10 @@ def test_images_are_one_frame_of_grey_palette_or_rgb_never_read_channel_by_chann
     rgb = iio.imread(path)
     palette = Image.fromarray(rgb).quantize(64)
     palette.save(path)                                                              # converted correctly
-    assert np.allclose(scenes.read_image(path), np.asarray(palette.convert("RGB")) / 255, atol=1e-6)
+    assert np.allclose(checks.read_image(path), np.asarray(palette.convert("RGB")) / 255, atol=1e-6)
     grey16 = (rgb[..., 1].astype(np.uint16) * 257)
     iio.imwrite(path, grey16)                                                       # 16 bits: the same grey as 8 bits
-    assert np.allclose(scenes.read_image(path), (rgb[..., 1:2] / 255).repeat(3, -1), atol=1e-6)
+    assert np.allclose(checks.read_image(path), (rgb[..., 1:2] / 255).repeat(3, -1), atol=1e-6)
     Image.fromarray(rgb).convert("CMYK").save(path.with_suffix(".jpg"))
     path.unlink()
     with pytest.raises(dv.DataError, match="000001.jpg: colour model CMYK is not RGB, grey or a palette"):
@@ -865,12 +874,12 @@ def test_held_out_views_with_another_camera_are_refused(cube, tmp_path):
     other = shutil.copytree(cube, tmp_path / "deepvoxels")
     edit(other / "test" / "intrinsics.txt", "40.0 ", "44.0 ")
     with pytest.raises(dv.DataError, match=r"test/intrinsics.txt: the held-out camera \(fx 44"):
-        scenes.load_scene(other, 32)
+        dataset.load_scene(other, 32)
     nerf = export_nerf_synthetic(cube, tmp_path / "nerf")
     meta = json.loads((nerf / "transforms_test.json").read_text())
     (nerf / "transforms_test.json").write_text(json.dumps({**meta, "camera_angle_x": meta["camera_angle_x"] * 1.1}))
     with pytest.raises(dv.DataError, match="transforms_test.json: the held-out camera"):
-        scenes.load_scene(nerf, 32)
+        dataset.load_scene(nerf, 32)
 
 
 @pytest.mark.parametrize("layout, breakage, message", [
@@ -889,7 +898,7 @@ def test_numbers_read_from_files_are_finite_and_in_range(cube, tmp_path, layout,
     root = export[layout](cube, tmp_path / layout)
     breakage(root)
     with pytest.raises(dv.DataError) as error:
-        scenes.load_scene(root, 32)
+        dataset.load_scene(root, 32)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -910,7 +919,7 @@ def test_bad_input_in_each_layout_is_one_line_naming_the_file(tmp_path, layout, 
     root = write_layout(tmp_path, layout)
     breakage(root)
     with pytest.raises(dv.DataError, match=message.replace(".", r"\.")):
-        scenes.load_scene(root, 16)
+        dataset.load_scene(root, 16)
 
 
 def test_train_cli_reports_bad_input_in_one_line(tmp_path):
@@ -950,62 +959,62 @@ def test_scene_config_estimates_the_grid_when_the_file_does_not_say(cube):
     ((0.0, float("nan"), 0.0), None, "--grid_center: the grid centre's y must be a finite number, got nan"),
 ])
 def test_grid_flags_are_finite_and_positive(cube, center, side, message):
-    train, _, _ = scenes.load_scene(cube, 32)
+    train, _, _ = dataset.load_scene(cube, 32)
     with pytest.raises(dv.DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         scenes.scene_config(train, TINY, center, side)
 
 
 def test_grid_warning_is_quiet_on_the_cube_and_fires_on_a_grid_too_small_or_too_large(cube, capsys):
-    train, _, _ = scenes.load_scene(cube, 32)
+    train, _, _ = dataset.load_scene(cube, 32)
     cfg = scenes.scene_config(train, TINY)
-    assert scenes.grid_warning(train, cfg) is None
-    small = scenes.grid_warning(train, replace(cfg, grid_scale=0.6))
+    assert grid_check.grid_warning(train, cfg) is None
+    small = grid_check.grid_warning(train, replace(cfg, grid_scale=0.6))
     assert small.startswith("warning: the object leaves the grid") and "in 12 of 12 training views" in small
     suggested = float(small.split("--grid_scale ")[1].split()[0])
-    assert 1.0 < suggested < 1.5 and scenes.grid_warning(train, replace(cfg, grid_scale=suggested)) is None
-    off_centre = scenes.grid_warning(train, replace(cfg, grid_center=(0.6, 0.0, 0.0)))   # half the cube outside
+    assert 1.0 < suggested < 1.5 and grid_check.grid_warning(train, replace(cfg, grid_scale=suggested)) is None
+    off_centre = grid_check.grid_warning(train, replace(cfg, grid_center=(0.6, 0.0, 0.0)))   # half the cube outside
     assert "the object leaves the grid" in off_centre
-    large = scenes.grid_warning(train, replace(cfg, grid_scale=4.0))
+    large = grid_check.grid_warning(train, replace(cfg, grid_scale=4.0))
     assert "larger than the object needs" in large and 1.0 < float(large.split("--grid_scale ")[1].split()[0]) < 1.5
     photographs = replace(train, images=torch.rand_like(train.images))   # no plain background: nothing to check against
-    assert scenes.grid_warning(photographs, replace(cfg, grid_scale=0.6)).startswith("note: grid not checked")
+    assert grid_check.grid_warning(photographs, replace(cfg, grid_scale=0.6)).startswith("note: grid not checked")
 
 
 @pytest.mark.parametrize("half_side, stray_pixels, warns", [(0.5, False, False), (0.5, True, False), (0.4, False, True)])
 def test_grid_warning_is_quiet_for_a_tight_box_and_warns_for_one_20_percent_too_small(cube, tmp_path, half_side, stray_pixels, warns):
     root = export_nsvf(cube, tmp_path / "nsvf")
     (root / "bbox.txt").write_text(f"{-half_side} {-half_side} {-half_side} {half_side} {half_side} {half_side} 0.05\n")
-    train, _, _ = scenes.load_scene(root, 32)
+    train, _, _ = dataset.load_scene(root, 32)
     if stray_pixels:                                  # a speck of shadow or dust in 2 views: no reason for a coarser grid
         train.images[:2, :, 2:4, 2:4] = 0.0
     cfg = scenes.scene_config(train, TINY)
     assert cfg.grid_scale == pytest.approx(2 * half_side)
-    warning = scenes.grid_warning(train, cfg)
+    warning = grid_check.grid_warning(train, cfg)
     assert (warning is not None and warning.startswith("warning: the object leaves the grid")) == warns, warning
 
 
 def test_footprint_of_a_ball_is_its_analytic_diameter():
-    ball, distance, focal, size = scenes.Ball((0.0, 0.0, 0.0), 0.5), 2.5, 40.0, 32
+    ball, distance, focal, size = synthetic.Ball((0.0, 0.0, 0.0), 0.5), 2.5, 40.0, 32
     poses = [scenes.look_at(distance * np.array(d) / np.linalg.norm(d), np.zeros(3)) for d in ([1, 0, 0.3], [0, 1, -0.5], [-1, 0.2, 0])]
-    images = torch.from_numpy(np.stack([scenes.ray_cast(p, focal, size, (ball,)) for p in poses])).permute(0, 3, 1, 2).float()
-    scene = scenes.Scene(images, torch.from_numpy(np.stack(poses)).float(), scenes.Intrinsics(focal, size / 2, size / 2), ["a", "b", "c"])
+    images = torch.from_numpy(np.stack([synthetic.ray_cast(p, focal, size, (ball,)) for p in poses])).permute(0, 3, 1, 2).float()
+    scene = scenes.Scene(images, torch.from_numpy(np.stack(poses)).float(), checks.Intrinsics(focal, size / 2, size / 2), ["a", "b", "c"])
     diameter_px = 2 * focal * ball.radius / np.sqrt(distance ** 2 - ball.radius ** 2)      # the tangent cone's width
-    assert scenes.footprint(scene) * size == pytest.approx(diameter_px, abs=1.5)             # antialiased edge pixels count
-    assert scenes.footprint(replace(scene, images=torch.rand_like(images))) is None          # no plain background
+    assert grid_check.footprint(scene) * size == pytest.approx(diameter_px, abs=1.5)             # antialiased edge pixels count
+    assert grid_check.footprint(replace(scene, images=torch.rand_like(images))) is None          # no plain background
 
 
 @pytest.mark.parametrize("name, fine", [("small", True), ("ball", True), ("cube", False)])   # 27 %, 62 %, 75 % of the frame
 def test_feature_size_rule_gives_small_objects_full_resolution_features_and_large_ones_the_default(tmp_path, name, fine):
-    scenes.make_scene(tmp_path / name, name, n_train=6, n_test=1, size=64)
-    train_views, _, _ = scenes.load_scene(tmp_path / name, 32)
+    synthetic.make_scene(tmp_path / name, name, n_train=6, n_test=1, size=64)
+    train_views, _, _ = dataset.load_scene(tmp_path / name, 32)
     sizes = replace(TINY, img_size=32, feat_size=16)
-    chosen, line = scenes.feature_size(train_views, sizes)
+    chosen, line = grid_check.feature_size(train_views, sizes)
     assert chosen.feat_size == (32 if fine else 16) and f"feature maps {chosen.feat_size} x {chosen.feat_size}" in line
     assert ("under 70%" in line) == fine and "--feat_size sets them" in line
 
 
 def test_train_sizes_feature_maps_by_the_rule_only_when_feat_size_is_not_given(tmp_path, capsys):
-    scenes.make_scene(tmp_path / "small", "small", n_train=6, n_test=1, size=64)
+    synthetic.make_scene(tmp_path / "small", "small", n_train=6, n_test=1, size=64)
     tiny = [flag for pair in zip(TINY_FLAGS[::2], TINY_FLAGS[1::2]) if pair[0] not in ("--img_size", "--feat_size") for flag in pair]
     common = ["--data", str(tmp_path / "small"), "--out", str(tmp_path / "run"), "--img_size", "32", "--iters", "1", "--minutes", "0", *tiny]
     train.main(common)
@@ -1028,7 +1037,7 @@ def test_view_neighbours_and_nearest_view_baseline():
     poses = torch.cat([camera([2.0, 0, 0]), camera([0, 2.0, 0]), camera([1.9, 0.3, 0]), camera([-2.0, 0, 0])])
     neighbours = scenes.view_neighbours(poses, k=2)
     assert neighbours[0].tolist() == [2, 1] and (neighbours != torch.arange(4)[:, None]).all()
-    train_scene = scenes.Scene(torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2), poses, scenes.Intrinsics(1, 1, 1), list("abcd"))
+    train_scene = scenes.Scene(torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2), poses, checks.Intrinsics(1, 1, 1), list("abcd"))
     copied = scenes.nearest_view_baseline(train_scene, torch.cat([camera([-1.5, 0.2, 0.1]), camera([0.1, 3.0, 0])]))
     assert copied[:, 0, 0, 0].tolist() == [3.0, 1.0]
 
@@ -1043,27 +1052,28 @@ def test_view_neighbours_with_few_views_are_every_other_view():
 
 
 def test_cube_is_deterministic_and_opaque_where_expected(cube, tmp_path):
-    scenes.make_scene(tmp_path / "again", n_train=12, n_test=4, size=32)
+    synthetic.make_scene(tmp_path / "again", n_train=12, n_test=4, size=32)
     for name in ("train/rgb/000003.png", "test/pose/000001.txt", "train/intrinsics.txt"):
         assert (cube / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     pose = scenes.look_at(np.array([2.5, 0, 0]), np.zeros(3))
-    image = scenes.ray_cast(pose, 32.0, 32, scenes.SCENES["cube"].shapes)
+    image = synthetic.ray_cast(pose, 32.0, 32, synthetic.SCENES["cube"].shapes)
     # The cube's +x face spans |y|, |z| <= 0.5 at distance 2: pixels within 32 * 0.5/2 = 8 of the centre.
     assert (image[9:23, 9:23] < 0.99).any(-1).all() and np.allclose(image[:5], 1.0) and np.allclose(image[27:], 1.0)
 
 
 def test_two_cubes_scene_shows_the_nearer_cube():
-    far, near = scenes.SCENES["two_cubes"].shapes
+    far, near = synthetic.SCENES["two_cubes"].shapes
     axis = np.subtract(near.center, far.center)
     pose = scenes.look_at(3 * axis / np.linalg.norm(axis), np.zeros(3))                   # both centres on the optical axis
-    both, alone_near, alone_far = (scenes.ray_cast(pose, 40.0, 24, boxes) for boxes in ((far, near), (near,), (far,)))
+    both, alone_near, alone_far = (synthetic.ray_cast(pose, 40.0, 24, boxes)
+                                   for boxes in ((far, near), (near,), (far,)))
     assert np.array_equal(both[10:14, 10:14], alone_near[10:14, 10:14])          # the nearer cube hides the other
     assert not np.allclose(alone_near[10:14, 10:14], alone_far[10:14, 10:14])
 
 
 def test_blocks_scene_is_harder_small_finely_textured_and_self_occluding(tmp_path):
-    spec = scenes.SCENES["blocks"]
-    scenes.make_scene(tmp_path, "blocks", n_train=20, n_test=2, size=48)
+    spec = synthetic.SCENES["blocks"]
+    synthetic.make_scene(tmp_path, "blocks", n_train=20, n_test=2, size=48)
     train = scenes.load_split(tmp_path, "train", 48)
     assert (train.poses[:, 2, 3] < 0).sum() >= 8                                  # cameras below the equator too
     foreground = (train.images < 0.99).any(1)                                     # (V, H, W): not the white background
@@ -1072,23 +1082,23 @@ def test_blocks_scene_is_harder_small_finely_textured_and_self_occluding(tmp_pat
         assert occupied.any(1).all() and (last - first + 1).max() <= 24          # objects fill at most half the frame
     assert min(box.cells for box in spec.shapes) >= 6
     line = np.stack([np.linspace(-0.499, 0.499, 400), np.zeros(400), np.zeros(400)], 1)   # across a -z face
-    color = scenes.cube_color(line, np.full(400, 2), -np.ones(400), cells=8)
+    color = synthetic.cube_color(line, np.full(400, 2), -np.ones(400), cells=8)
     assert (np.abs(np.diff(color, axis=0)).sum(1) > 0.05).sum() == 7              # 8 checker cells: 7 edges
     a, b = spec.shapes[0], spec.shapes[1]                                            # one block hides the other
     axis = np.subtract(b.center, a.center)
     pose = scenes.look_at(np.asarray(b.center) + 3 * axis / np.linalg.norm(axis), np.asarray(b.center))
-    both, alone_b = scenes.ray_cast(pose, 40.0, 24, (a, b)), scenes.ray_cast(pose, 40.0, 24, (b,))
+    both, alone_b = (synthetic.ray_cast(pose, 40.0, 24, shapes) for shapes in ((a, b), (b,)))
     assert np.array_equal(both[11:13, 11:13], alone_b[11:13, 11:13])
-    assert not np.allclose(scenes.ray_cast(pose, 40.0, 24, (a,))[11:13, 11:13], alone_b[11:13, 11:13])
+    assert not np.allclose(synthetic.ray_cast(pose, 40.0, 24, (a,))[11:13, 11:13], alone_b[11:13, 11:13])
 
 
 def test_ball_is_ray_cast_as_a_disc_of_the_analytic_radius_and_small_fills_under_a_third_of_the_frame(tmp_path):
-    ball = scenes.Ball((0.0, 0.0, 0.0), 0.5)
+    ball = synthetic.Ball((0.0, 0.0, 0.0), 0.5)
     distance, focal, size = 2.5, 80.0, 64
-    image = scenes.ray_cast(scenes.look_at(np.array([distance, 0.0, 0.0]), np.zeros(3)), focal, size, (ball,), supersample=1)
+    image = synthetic.ray_cast(scenes.look_at(np.array([distance, 0.0, 0.0]), np.zeros(3)), focal, size, (ball,), supersample=1)
     radius_px = focal * ball.radius / np.sqrt(distance ** 2 - ball.radius ** 2)          # the cone's tangent
     assert (image < 1).any(-1).sum() == pytest.approx(np.pi * radius_px ** 2, rel=0.02)   # a ray per pixel centre
-    scenes.make_scene(tmp_path / "small", "small", n_train=8, n_test=1, size=48)
+    synthetic.make_scene(tmp_path / "small", "small", n_train=8, n_test=1, size=48)
     for path in (tmp_path / "small" / "train" / "rgb").glob("*.png"):
         columns = np.flatnonzero((iio.imread(path) < 250).any(-1).any(0))
         assert 0 < columns[-1] - columns[0] + 1 < 48 / 3
@@ -1100,19 +1110,19 @@ NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d*)?(?:e[-+]?\d+)?(?![\w.])")
 
 def fuzz_layouts(root: Path) -> dict[str, tuple[Path, list[Path]]]:
     """A tiny cube (4 + 2 views, 16 px) in each of the five layouts, with the text files to break in each."""
-    scenes.make_scene(root / "deepvoxels", n_train=4, n_test=2, size=16)
+    synthetic.make_scene(root / "deepvoxels", n_train=4, n_test=2, size=16)
     dv_root = root / "deepvoxels"
-    layouts = {"deepvoxels": (dv_root, [dv_root / "train" / "intrinsics.txt", dv_root / "train" / "pose" / "000000.txt",
-                                        dv_root / "test" / "intrinsics.txt"])}
+    by_layout = {"deepvoxels": (dv_root, [dv_root / "train" / "intrinsics.txt",
+                                          dv_root / "train" / "pose" / "000000.txt", dv_root / "test" / "intrinsics.txt"])}
     nsvf = export_nsvf(dv_root, root / "nsvf")
-    layouts["nsvf"] = (nsvf, [nsvf / "intrinsics.txt", nsvf / "bbox.txt", sorted((nsvf / "pose").glob("0_*"))[0]])
+    by_layout["nsvf"] = (nsvf, [nsvf / "intrinsics.txt", nsvf / "bbox.txt", sorted((nsvf / "pose").glob("0_*"))[0]])
     nerf = export_nerf_synthetic(dv_root, root / "nerf")
-    layouts["nerf"] = (nerf, [nerf / "transforms_train.json", nerf / "transforms_test.json"])
+    by_layout["nerf"] = (nerf, [nerf / "transforms_train.json", nerf / "transforms_test.json"])
     ngp = export_transforms_json(dv_root, root / "ngp")
-    layouts["transforms.json"] = (ngp, [ngp / "transforms.json"])
+    by_layout["transforms.json"] = (ngp, [ngp / "transforms.json"])
     colmap = export_colmap(dv_root, root / "colmap")
-    layouts["colmap"] = (colmap, [colmap / "sparse" / "0" / "cameras.txt", colmap / "sparse" / "0" / "images.txt"])
-    return layouts
+    by_layout["colmap"] = (colmap, [colmap / "sparse" / "0" / "cameras.txt", colmap / "sparse" / "0" / "images.txt"])
+    return by_layout
 
 
 def breakages(path: Path) -> list[tuple[str, object]]:
@@ -1131,9 +1141,9 @@ def breakages(path: Path) -> list[tuple[str, object]]:
 
 def test_fuzz_every_layout_broken_gives_one_error_line_or_a_run_that_trains(tmp_path, monkeypatch, capsys):
     drawn = []
-    monkeypatch.setattr(scenes, "plot_setup", lambda path, train_views, test, cfg: drawn.append(cfg))   # matplotlib takes 0.2 s
-    layouts, outcomes, trained = fuzz_layouts(tmp_path / "clean"), {"error": 0, "passed": 0}, 0
-    for layout, (clean, files) in layouts.items():
+    monkeypatch.setattr(figures, "plot_setup", lambda path, train_views, test, cfg: drawn.append(cfg))   # matplotlib takes 0.2 s
+    by_layout, outcomes, trained = fuzz_layouts(tmp_path / "clean"), {"error": 0, "passed": 0}, 0
+    for layout, (clean, files) in by_layout.items():
         for file in files:
             for name, content in breakages(file):
                 broken = shutil.copytree(clean, tmp_path / "broken", dirs_exist_ok=False)

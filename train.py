@@ -21,10 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import checks
+import dataset
 import deepvoxels as dv
+import figures
 import render
 import runs
 import scenes
+import synthetic
 
 
 def flag(default, help: str, *valid: tuple[str, float], **more):
@@ -36,7 +40,7 @@ def flag(default, help: str, *valid: tuple[str, float], **more):
 class TrainConfig:
     """Everything about the run that is not the model."""
 
-    data: str = flag("./cube", f"scene folder in any of the five layouts (docs/your-data.md); {', '.join(scenes.SCENES)} are generated if missing")
+    data: str = flag("./cube", f"scene folder in any of the five layouts (docs/your-data.md); {', '.join(synthetic.SCENES)} are generated if missing")
     out: str = flag("", "run folder for checkpoint, logs and previews (default: runs/<scene name>, or the first free "
                         "runs/<scene name>-2, -3... when that holds another run)")
     iters: int = flag(100_000, "stop after this many steps in all, counted over the whole run when resumed", (">=", 1))
@@ -60,8 +64,8 @@ class TrainConfig:
 
 def parse_args(argv=None) -> tuple[TrainConfig, dv.Config, bool]:
     """Flags for every field of TrainConfig and of the model sizes in deepvoxels.Config, each checked before any work,
-    and whether --feat_size is left to the scene (not given: scenes.feature_size decides)."""
-    parser = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    and whether --feat_size is left to the scene (not given: grid_check.feature_size decides)."""
+    parser = checks.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sizes = [f for f in dataclasses.fields(dv.Config) if "help" in f.metadata]
     for f in dataclasses.fields(TrainConfig) + tuple(sizes):
         if f.type in ("bool", bool):
@@ -71,11 +75,11 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config, bool]:
             parser.add_argument(f"--{f.name}", type=kind, default=None if f.name == "feat_size" else f.default, choices=f.metadata.get("choices"),
                                 help=f.metadata["help"] if "default" in f.metadata["help"] else f"{f.metadata['help']} (default: {f.default})")
     args = vars(parser.parse_args(argv))
-    scenes.check_device(args["device"])
+    checks.check_device(args["device"])
     feat_from_scene, args["feat_size"] = args["feat_size"] is None, dv.Config.feat_size if args["feat_size"] is None else args["feat_size"]
     for f in dataclasses.fields(TrainConfig):
         if f.metadata["valid"]:
-            scenes.check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
+            checks.check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
     run, model_sizes = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)}), dv.Config(**{f.name: args[f.name] for f in sizes})
     if 2 * run.crop >= model_sizes.img_size:
         raise dv.DataError(f"--crop {run.crop}: leaves no pixel of the {model_sizes.img_size} px images for the loss")
@@ -163,11 +167,14 @@ def run_folder(run: TrainConfig) -> contextlib.AbstractContextManager[Path]:
 
 def prepare_scene(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool) -> tuple[scenes.Scene, scenes.Scene | None, dv.Config]:
     """Training views, held-out views or None, the configuration with the grid placed; writes <out>/cameras.png."""
-    scenes.check_writable(out, "ckpt.pt", "history.json", "cameras.png", "preview.png")   # fail now, not at the first save
+    checks.check_writable(out, "ckpt.pt", "history.json", "cameras.png", "preview.png")   # fail now, not at the first save
     if not run.out and out != (default := Path("runs") / Path(run.data).resolve().name):
         print(f"run folder {out}: {default} holds another run (--out chooses the folder)")
-    train, held_out, cfg = scenes.open_scene(run.data, sizes, run.grid_center or None, run.grid_scale or None, feat_from_scene)
-    scenes.plot_setup(out / "cameras.png", train, held_out, cfg)
+    if line := synthetic.generating(run.data):           # said before the few seconds it takes
+        print(line)
+    train, held_out, cfg, said = dataset.open_scene(run.data, sizes, run.grid_center or None, run.grid_scale or None, feat_from_scene)
+    print(*said, sep="\n")
+    figures.plot_setup(out / "cameras.png", train, held_out, cfg)
     if run.check:
         print(f"grid centred at {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)}, side {cfg.grid_scale:.3g}; "
               f"wrote {out / 'cameras.png'}; --check: not training")
@@ -224,7 +231,9 @@ def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = F
     model = parts["model"]
     images, poses = train.images.to(run.device), train.poses.to(run.device)
     neighbours = scenes.view_neighbours(train.poses)                              # (V, min(4, V - 1))
-    test, split, baseline_name, baseline = scenes.baseline(train, held_out)
+    test, split, baseline_name, baseline, note = scenes.baseline(train, held_out)
+    if note:
+        print(note)
     watch = scenes.spread_views(train, 8)                                        # training views scored beside the held-out ones
     print(f"{len(train.names)} training views, {len(held_out.names) if held_out else 'no'} test views at {cfg.img_size}px; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; grid {cfg.grid_size}^3 x {cfg.channels} centred at "

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 import deepvoxels as dv
+import checks
 import runs
 import scenes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags; with none, the viewer opens on the newest run."""
-    p = scenes.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = checks.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
     which.add_argument("--run", help="run folder holding ckpt.pt, or an ablation folder holding softmax/ and naive/ (default: the newest under runs/)")

@@ -1,0 +1,131 @@
+"""The object against the frame and the grid, measured on the training images before training: how
+much of the frame it spans, which sizes the feature maps (`feature_size`), and whether the grid
+placed by scenes.scene_config encloses it (`grid_warning`). The object's pixels are those that
+differ from a plain background; views without one (most photographs) are not measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from deepvoxels import Config, pixel_centers, pixel_to_ray
+from scenes import Scene
+
+
+def object_mask(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, H, W) the object's pixels, those that differ from the background, the colour of the image
+    border; and (V,) the views whose border is one colour, the only ones looked at (most photographs
+    are not)."""
+    images = scene.images                                                    # (V, 3, H, W)
+    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 0], images[..., -1]],
+                       dim=-1)                                               # (V, 3, 4W)
+    background = border.median(dim=-1).values                                # (V, 3)
+    plain = ((border - background[..., None]).abs().amax(1) < 0.1).float().mean(-1) > 0.9  # (V,)
+    return (((images - background[..., None, None]).abs().amax(1) > 0.1) & plain[:, None, None],
+            plain)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# The object's size in the frame: the feature maps
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+FINE_BELOW = 0.7  # an object under 70% of the frame's side gets feature maps at the image's size
+
+
+def footprint(scene: Scene) -> float | None:
+    """The object's size in the frame: the median, over the views object_mask can read, of the
+    larger side of its pixels' bounding box as a share of the image's side; None when no view can
+    be read."""
+    mask, plain = object_mask(scene)
+    mask = mask[plain & mask.flatten(1).any(1)]                              # (V', H, W)
+    if not len(mask):
+        return None
+    spans = torch.maximum(mask.any(2).sum(1), mask.any(1).sum(1))  # (V',) rows or columns it covers
+    return spans.float().median().item() / mask.shape[-1]
+
+
+def feature_size(train: Scene, sizes: Config) -> tuple[Config, str]:
+    """The rule for --feat_size when it is not given, and a log line saying what it chose and why:
+    feature maps at the image's resolution for an object that spans under FINE_BELOW of the frame
+    (its outline, where most of the error is, gets twice the features per pixel), else the default
+    of `sizes`."""
+    share = footprint(train)
+    fine = share is not None and share < FINE_BELOW
+    chosen = sizes.img_size if fine else sizes.feat_size
+    why = "no plain background to measure the object on" if share is None else \
+        (f"the object spans {share:.0%} of the frame, "
+         f"{'under' if fine else 'at least'} {FINE_BELOW:.0%}")
+    return (replace(sizes, feat_size=chosen),
+            f"feature maps {chosen} x {chosen} ({why}; --feat_size sets them)")
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# Whether the grid encloses the object
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def grid_box_mask(scene: Scene, center, side: float) -> torch.Tensor:
+    """(V, H, W): True where a pixel's ray meets the axis-aligned cube (center, side), i.e. inside
+    the cube's projection into each view (slab test: the ray is inside all three slabs at once)."""
+    V, _, H, W = scene.images.shape
+    origins, dirs = pixel_to_ray(pixel_centers(H, W).reshape(-1, 2), scene.intrinsics.matrix(),
+                                 scene.poses)                               # (V, 1, 3), (V, P, 3)
+    dirs = torch.where(dirs == 0, torch.full_like(dirs, 1e-12), dirs)  # parallel to a slab: no 0/0
+    lo, hi = torch.tensor(center) - side / 2, torch.tensor(center) + side / 2
+    t0, t1 = (lo - origins) / dirs, (hi - origins) / dirs     # (V, P, 3) where it crosses each slab
+    t_near, t_far = torch.minimum(t0, t1).amax(-1), torch.maximum(t0, t1).amin(-1)
+    return (t_far > t_near.clamp(min=0)).reshape(V, H, W)
+
+
+def grid_warning(scene: Scene, cfg: Config) -> str | None:
+    """Check the grid against the training images before training: one warning line, or None if it
+    fits.
+
+    The object's pixels are those of object_mask (views without a plain background are not
+    checked); the grid box's projection is grown by a pixel for antialiasing. The grid cuts the
+    object when more than 1% of the object's pixels, over all views, lie outside it: a few stray
+    pixels in a few views (shadows, resampling, a box that touches the object) are not worth a
+    coarser grid. The smallest box (from 1/8 to 4 times the side, in 2% steps) that holds 99.9% of
+    the object's pixels is the suggestion; one of half the side or less warns too (most voxels
+    empty).
+    """
+    object_pixels, uniform = object_mask(scene)                              # (V, H, W), (V,)
+    if not object_pixels.any():
+        return None if uniform.any() else \
+            "note: grid not checked against the images: no training view has a plain background"
+
+    def outside(factor: float) -> torch.Tensor:
+        """(V,) object pixels of each view outside the box of `factor` times the grid's side."""
+        box = grid_box_mask(scene, cfg.grid_center, cfg.grid_scale * factor).float()
+        box = F.max_pool2d(box[:, None], 3, stride=1, padding=1)[:, 0] > 0     # one pixel of slack
+        return (object_pixels & ~box).flatten(1).sum(1)
+
+    total = object_pixels.sum().item()
+    factors = [2 ** (k / 32) for k in range(-96, 65)]                    # 1/8 ... 4, each 2% larger
+    low, high = 0, len(factors)                                   # binary search: the share outside
+    while low < high:                                             # only falls as the box grows
+        mid = (low + high) // 2                                   # around its centre
+        low, high = ((low, mid) if outside(factors[mid]).sum().item() <= 0.001 * total
+                     else (mid + 1, high))
+    enclosing = factors[low] if low < len(factors) else None
+    lost = outside(1.0)
+    where = (f"the grid (side {cfg.grid_scale:.3g}, "
+             f"centre {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)})")
+    views = (f"{int((lost > 0.01 * object_pixels.flatten(1).sum(1)).sum())} "
+             f"of {int(uniform.sum())} training views")
+    if lost.sum().item() > 0.01 * total:
+        share = f"{100 * lost.sum().item() / total:.0f}% of its pixels, in {views}"
+        if enclosing is None:
+            return (f"warning: the object leaves {where}: {share}, even at 4x the side: "
+                    f"check --grid_center and the camera convention (cameras.png)")
+        return (f"warning: the object leaves {where}: {share}; "
+                f"--grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} "
+                f"would enclose it with a 10% margin (see cameras.png)")
+    if enclosing is not None and enclosing <= 0.5:
+        return (f"warning: {where} is {1 / enclosing:.1f}x larger than the object needs in the "
+                f"training views, so the object gets few voxels; "
+                f"--grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} "
+                f"would enclose it with a 10% margin")
+    return None
