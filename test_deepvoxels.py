@@ -1195,6 +1195,29 @@ def test_learning_rate_is_constant_then_falls_linearly_to_zero():
         assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * expected)
 
 
+def test_coarse_phase_trains_at_half_size_and_gives_back_the_full_size_model(cube, tmp_path, monkeypatch):
+    cfg = replace(TINY, img_size=32, feat_size=32, focal=40.0, cx=16.0, cy=16.0)
+    half = train.coarse_config(cfg)
+    assert (half.img_size, half.feat_size, half.depth_planes) == (16, 16, 4) and train.coarse_config(TINY) is None
+    model = dv.DeepVoxels(cfg)
+    point = torch.tensor([[[0.1, -0.2, 0.3]]])                               # a world point, seen by a camera
+    pose = camera([0.5, -2.5, 0.8])
+    uv_full, _ = dv.camera_to_pixel(dv.world_to_camera(point, pose), model.K_feat)
+    with train.at_size(model, half):
+        uv_half, _ = dv.camera_to_pixel(dv.world_to_camera(point, pose), model.K_feat)
+        assert model.render(pose)["rgb"].shape == (1, 3, 16, 16)
+    assert torch.allclose(uv_half, uv_full / 2, atol=1e-5)                   # the same point, half the pixel coordinates
+    assert model.cfg is cfg and model.render(pose)["rgb"].shape == (1, 3, 32, 32)
+    seen = []
+    step = train.training_step
+    monkeypatch.setattr(train, "training_step", lambda parts, images, *rest: seen.append(
+        (images.shape[-1], parts["model"].cfg.depth_planes)) or step(parts, images, *rest))
+    train.main(["--data", str(cube), "--out", str(tmp_path), "--iters", "4", "--minutes", "0", "--coarse", "0.5",
+                "--img_size", "32", "--feat_size", "32", *TINY_FLAGS[4:]])
+    assert seen == [(16, 4), (16, 4), (32, 8), (32, 8)]                      # half the run coarse, then full size
+    assert dv.load_checkpoint(tmp_path / "ckpt.pt")[0].cfg.img_size == 32
+
+
 def test_resume_gives_the_same_next_step_as_running_on(cube, tmp_path):
     common = ["--data", str(cube), "--minutes", "0", "--eval_every", "1e9", "--log_every", "1e9", "--precision", "fp32", *TINY_FLAGS]
     train.main([*common, "--iters", "4", "--out", str(tmp_path / "straight")])

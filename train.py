@@ -46,6 +46,8 @@ class TrainConfig:
     iters: int = flag(100_000, "stop after this many steps in all, counted over the whole run when resumed", (">=", 1))
     minutes: float = flag(10.0, "stop after this much training time, counted over the whole run when resumed (0: no limit)", (">=", 0))
     lr: float = flag(4e-4, "Adam learning rate of the model and the discriminator (the authors: 4e-4)", (">", 0))
+    coarse: float = flag(0.5, "share of the run trained coarse first: images, feature maps and depth planes at half "
+                              "their size, 4-8x cheaper steps (0: none; sizes that cannot halve: none)", (">=", 0), ("<", 1))
     decay_from: float = flag(0.75, "share of the run after which the learning rate falls linearly to 0 (1: constant, as the authors)", (">=", 0), ("<=", 1))
     crop: int = flag(0, "border pixels left out of the loss (the authors: 5 of 512, under 1 px at our 64 px: hence 0)", (">=", 0))
     l1_weight: float = flag(1.0, "weight of the L1 term (the authors: 200 beside --gan_weight 1; alone its scale does not matter)", (">=", 0))
@@ -84,6 +86,32 @@ def parse_args(argv=None) -> tuple[TrainConfig, dv.Config, bool]:
     if 2 * run.crop >= model_sizes.img_size:
         raise dv.DataError(f"--crop {run.crop}: leaves no pixel of the {model_sizes.img_size} px images for the loss")
     return run, model_sizes, feat_from_scene
+
+
+def coarse_config(cfg: dv.Config) -> dv.Config | None:
+    """The model's configuration at half the image size, feature maps and depth planes (the camera scaled with the image),
+    or None where a size cannot halve. Every network is convolutional, so the same weights run at either size."""
+    try:
+        return dataclasses.replace(cfg, img_size=cfg.img_size // 2, feat_size=cfg.feat_size // 2, depth_planes=cfg.depth_planes // 2,
+                                   focal=cfg.focal / 2, focal_y=cfg.focal_y / 2, cx=cfg.cx / 2, cy=cfg.cy / 2)
+    except dv.DataError:                                                  # e.g. feature maps of 16 cannot halve
+        return None
+
+
+@contextlib.contextmanager
+def at_size(model: dv.DeepVoxels, cfg: dv.Config | None):
+    """Inside, the model lifts, projects and renders at cfg's sizes and camera (None: its own); restored after."""
+    if cfg is None:
+        yield
+        return
+    saved = model.cfg, model.K, model.K_feat
+    model.cfg = cfg
+    model.K = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, focal_y=cfg.focal_y).to(saved[1])
+    model.K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size, cfg.focal_y).to(saved[1])
+    try:
+        yield
+    finally:
+        model.cfg, model.K, model.K_feat = saved
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, run: TrainConfig, progress: float) -> None:
@@ -239,13 +267,22 @@ def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = F
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; grid {cfg.grid_size}^3 x {cfg.channels} centred at "
           f"{cfg.grid_center}, side {cfg.grid_scale:.3g}; device {run.device}, {dv.resolve_precision(run.device, run.precision)}")
     print(f"{baseline_name} on the {split} views: {baseline:.2f} dB PSNR")
+    coarse = coarse_config(cfg) if run.coarse > 0 else None
+    if coarse is not None:                                                  # the first part of the run, at half the sizes
+        coarse_images = F.interpolate(images, size=coarse.img_size, mode="area")  # (V, 3, H/2, W/2)
+        print(f"the first {run.coarse:.0%} of the run at {coarse.img_size}px, {coarse.feat_size} x {coarse.feat_size} feature maps, "
+              f"{coarse.depth_planes} depth planes (--coarse)")
     budget = run.minutes * 60 if run.minutes > 0 else math.inf
     next_eval = (progress["seconds"] // run.eval_every + 1) * run.eval_every
     last_log, last_log_step, start = time.perf_counter(), progress["step"], time.perf_counter() - progress["seconds"]
     with stop_requests() as stop:
         while progress["step"] < run.iters and progress["seconds"] < budget and not stop:
-            set_learning_rate(parts["optimizer"], run, progress=max(progress["step"] / run.iters, progress["seconds"] / budget))
-            loss = training_step(parts, images, poses, sample_views(neighbours, progress["sampler"]), run)
+            share = max(progress["step"] / run.iters, progress["seconds"] / budget)     # of the run done
+            set_learning_rate(parts["optimizer"], run, share)
+            coarse_now = coarse is not None and share < run.coarse
+            with at_size(model, coarse if coarse_now else None):
+                loss = training_step(parts, coarse_images if coarse_now else images, poses,
+                                     sample_views(neighbours, progress["sampler"]), run)
             if not (math.isfinite(loss) and model.grid.isfinite().all()):
                 raise Diverged(f"step {progress['step'] + 1}: loss {loss:.4g}, grid max {model.grid.abs().max().item():.3g}: "
                                f"training diverged (try a lower --lr); {progress['kept']}")
