@@ -6,7 +6,7 @@ and fused in by a GRU whose hidden state *is* the grid; the grid is inpainted by
 resampled into a target camera's frustum (the canonical view volume), flattened by a learned
 occlusion softmax over depth and turned into an image by a 2D rendering network.
 
-The file follows the paper's order (scenes.py holds the dataset layouts and synthetic scenes):
+The file follows the paper's order (scenes.py and the modules it names hold the data side):
   1. Cameras                 5. 3D inpainting                          9. The whole model
   2. Feature extraction      6. Projection to the canonical view volume
   3. Lifting                 7. Occlusion (visibility softmax, depth map)
@@ -53,7 +53,7 @@ class Config:
 
     img_size: int = field(default=64, metadata={"help": "H = W of the images the model renders"})
     feat_size: int = field(default=32, metadata={"help": "h = w of the 2D feature maps used for lifting and projection (default: 32; "
-                                                         "train.py: img_size for an object under 70% of the frame, scenes.feature_size)"})
+                                                         "train.py: decided by the object's share of the frame, grid_check.feature_size)"})
     grid_size: int = field(default=16, metadata={"help": "N voxels per grid side (the authors: 32); the GRU and inpainting cost grows as N^3, a seventh of a step at 16"})
     channels: int = field(default=16, metadata={"help": "C features per voxel (the authors: 64)"})
     depth_planes: int = field(default=32, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N); the occlusion network, half of a step, "
