@@ -1,4 +1,5 @@
-"""The paper's occlusion ablation (its Fig. 5) on one scene:  python ablation.py --data ./cube --iters 1000
+"""The paper's occlusion ablation (its Fig. 5) on one scene:
+  python ablation.py --data ./cube --iters 1000
 
 Trains the model with the visibility softmax and the naive one (depth flattened into channels,
 reduced by 2D convolutions) for the same number of steps (or minutes) with train.py, then reports
@@ -7,11 +8,11 @@ test time) and the parameter count, and writes <out>/ablation.png: one row per h
 target | softmax | naive | softmax depth. Flags it does not know go to train.py for both runs.
 A missing --data folder named two_cubes is generated: two cubes that hide each other.
 
---holdout half tests novel views far from the training ones (the paper's "fits the training views,
-fails at novel ones"): the scene's views, train and test split together, are split by azimuth around
-the grid centre (world z up); both models train on one half and are tested on the views of the other
-half whose viewing direction is at least --margin degrees from every training view's. Surfaces on
-the far side of the objects are then never seen in training.
+--holdout half tests novel views far from the training ones (the paper's "fits the training
+views, fails at novel ones"): the scene's views, train and test split together, are split by
+azimuth around the grid centre (world z up); both models train on one half and are tested on the
+views of the other half whose viewing direction is at least --margin degrees from every training
+view's. Surfaces on the far side of the objects are then never seen in training.
 
 --holdout sparse keeps every surface seen and the held-out cameras still far: both models train on
 --views training views as far apart as they can be (by viewing direction) and are tested on the
@@ -42,23 +43,26 @@ import synthetic
 import train as trainer
 
 
-def read_views(data: Path, splits: tuple[str, ...]) -> tuple[list[tuple[str, Path]], np.ndarray]:
-    """The (split, pose file) of every view of data/<split> for the given splits, and their (V, 4, 4) poses;
-    all splits must share one camera."""
+def read_views(data: Path,
+               splits: tuple[str, ...]) -> tuple[list[tuple[str, Path]], np.ndarray]:
+    """The (split, pose file) of every view of data/<split> for the given splits, and their
+    (V, 4, 4) poses; all splits must share one camera."""
     camera = checks.read_intrinsics(data / "train" / "intrinsics.txt")
     views = []
     for split in splits:
         if (data / split / "pose").is_dir():
             if checks.read_intrinsics(data / split / "intrinsics.txt") != camera:
-                raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from {data / 'train' / 'intrinsics.txt'}; "
+                raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from "
+                                   f"{data / 'train' / 'intrinsics.txt'}; "
                                    "--holdout half and sparse need one camera for all views")
             views += [(split, f) for f in sorted((data / split / "pose").glob("*.txt"))]
-    return views, np.stack([checks.read_pose(f) for _, f in views]) if views else np.zeros((0, 4, 4))
+    return views, (np.stack([checks.read_pose(f) for _, f in views]) if views
+                   else np.zeros((0, 4, 4)))
 
 
 def write_views(data: Path, dest: Path, halves: dict[str, list[tuple[str, Path]]]) -> Path:
-    """Copy the views of each entry of halves ({"train": views, "test": views}) to dest/<entry>, the file names
-    prefixed by the split they came from; returns dest."""
+    """Copy the views of each entry of halves ({"train": views, "test": views}) to dest/<entry>,
+    the file names prefixed by the split they came from; returns dest."""
     shutil.rmtree(dest, ignore_errors=True)
     for half, views in halves.items():
         (dest / half / "rgb").mkdir(parents=True)
@@ -73,29 +77,34 @@ def write_views(data: Path, dest: Path, halves: dict[str, list[tuple[str, Path]]
 
 
 def split_by_azimuth(data: Path, dest: Path, margin: float) -> Path:
-    """Write the views of data/{train,test} whose camera azimuth around the grid centre is in [0, 180) degrees
-    as dest/train, and those of the other half whose viewing direction is at least `margin` degrees from
-    every training view's as dest/test; returns dest."""
+    """Write the views of data/{train,test} whose camera azimuth around the grid centre is in
+    [0, 180) degrees as dest/train, and those of the other half whose viewing direction is at
+    least `margin` degrees from every training view's as dest/test; returns dest."""
     views, poses = read_views(data, ("train", "test"))
-    center = checks.read_intrinsics(data / "train" / "intrinsics.txt").grid_center or (0.0, 0.0, 0.0)
+    center = (checks.read_intrinsics(data / "train" / "intrinsics.txt").grid_center
+              or (0.0, 0.0, 0.0))
     eyes = poses[:, :3, 3] - np.array(center)
     first_half = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0])) % 360 < 180
     directions = poses[:, :3, 2]
-    closest = np.degrees(np.arccos(np.clip(directions @ directions[first_half].T, -1, 1))).min(axis=1)
+    closest = np.degrees(np.arccos(np.clip(directions @ directions[first_half].T,
+                                           -1, 1))).min(axis=1)
     held_out = ~first_half & (closest >= margin)
     return write_views(data, dest, {"train": [v for v, keep in zip(views, first_half) if keep],
                                     "test": [v for v, keep in zip(views, held_out) if keep]})
 
 
 def split_sparse(data: Path, dest: Path, n_views: int) -> Path:
-    """Write n_views of data/train as dest/train, chosen far apart: each next one the view whose direction is
-    farthest from those already chosen (starting from the first); data/test as dest/test; returns dest."""
+    """Write n_views of data/train as dest/train, chosen far apart: each next one the view whose
+    direction is farthest from those already chosen (starting from the first); data/test as
+    dest/test; returns dest."""
     views, poses = read_views(data, ("train",))
     tests, _ = read_views(data, ("test",))
     if not tests:
-        raise dv.DataError(f"{data / 'test'}: --holdout sparse tests on the scene's test split, which is missing")
+        raise dv.DataError(f"{data / 'test'}: --holdout sparse tests on the scene's test split, "
+                           "which is missing")
     directions = poses[:, :3, 2]
-    chosen, nearest_cosine = [0], directions @ directions[0]                 # cosine to the closest chosen view
+    # cosine to the closest chosen view
+    chosen, nearest_cosine = [0], directions @ directions[0]
     while len(chosen) < min(n_views, len(views)):
         chosen.append(int(np.argmin(nearest_cosine)))
         nearest_cosine = np.maximum(nearest_cosine, directions @ directions[chosen[-1]])
@@ -103,46 +112,65 @@ def split_sparse(data: Path, dest: Path, n_views: int) -> Path:
 
 
 def angle_to_training(train: scenes.Scene, held_out: scenes.Scene) -> torch.Tensor:
-    """(V,) angle in degrees between each held-out viewing direction and the closest training one."""
+    """(V,) angle in degrees between each held-out viewing direction and the closest training
+    one."""
     cosine = (held_out.poses[:, :3, 2] @ train.poses[:, :3, 2].T).amax(dim=1).clamp(-1, 1)
     return torch.rad2deg(torch.arccos(cosine))
 
 
 def main(argv=None) -> None:
-    parser = checks.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="./cube", help="scene folder, any layout train.py reads (default: ./cube)")
-    parser.add_argument("--iters", type=int, default=1000, help="training steps of each model (default: 1000)")
-    parser.add_argument("--minutes", type=float, default=0.0, help="training time of each model, if it ends before --iters (default: 0, no limit)")
-    parser.add_argument("--out", default="", help="folder for both runs and the picture (default: runs/ablation-<scene name>, -half or -sparse added "
-                        "for those hold-outs; -2, -3... when that holds another ablation)")
-    parser.add_argument("--compare_only", action="store_true", help="skip training: compare the checkpoints already in --out")
-    parser.add_argument("--rows", type=int, default=6, help="held-out views in the picture, evenly spaced (default: 6)")
+    parser = checks.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="./cube",
+                        help="scene folder, any layout train.py reads (default: ./cube)")
+    parser.add_argument("--iters", type=int, default=1000,
+                        help="training steps of each model (default: 1000)")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="training time of each model, if it ends before --iters "
+                             "(default: 0, no limit)")
+    parser.add_argument("--out", default="",
+                        help="folder for both runs and the picture (default: "
+                             "runs/ablation-<scene name>, -half or -sparse added for those "
+                             "hold-outs; -2, -3... when that holds another ablation)")
+    parser.add_argument("--compare_only", action="store_true",
+                        help="skip training: compare the checkpoints already in --out")
+    parser.add_argument("--rows", type=int, default=6,
+                        help="held-out views in the picture, evenly spaced (default: 6)")
     parser.add_argument("--holdout", default="test", choices=("test", "half", "sparse"),
-                        help="test: the scene's test split; half: train on one azimuth half of all views, test on the "
-                             "other half, far from every training view; sparse: train on --views views far apart, "
-                             "test on the test split (default: test)")
+                        help="test: the scene's test split; half: train on one azimuth half of "
+                             "all views, test on the other half, far from every training view; "
+                             "sparse: train on --views views far apart, test on the test split "
+                             "(default: test)")
     parser.add_argument("--margin", type=float, default=30.0,
-                        help="--holdout half: the least angle in degrees between a held-out viewing direction and every training one (default: 30)")
-    parser.add_argument("--views", type=int, default=16, help="--holdout sparse: training views kept (default: 16)")
+                        help="--holdout half: the least angle in degrees between a held-out "
+                             "viewing direction and every training one (default: 30)")
+    parser.add_argument("--views", type=int, default=16,
+                        help="--holdout sparse: training views kept (default: 16)")
     args, train_flags = parser.parse_known_args(argv)
-    for name, *rules in (("iters", (">=", 1)), ("minutes", (">=", 0)), ("rows", (">=", 1)), ("margin", (">=", 0), ("<", 180)),
-                         ("views", (">=", 2))):
+    for name, *rules in (("iters", (">=", 1)), ("minutes", (">=", 0)), ("rows", (">=", 1)),
+                         ("margin", (">=", 0), ("<", 180)), ("views", (">=", 2))):
         checks.check_number(f"--{name}", "the value", getattr(args, name), *rules)
-    run, _, _ = trainer.parse_args(["--data", args.data, *train_flags])         # train.py's flags, checked before any work
+    # train.py's flags, checked before any work
+    run, _, _ = trainer.parse_args(["--data", args.data, *train_flags])
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
     if args.out and runs.holds_run(out) and not (args.compare_only or run.resume or run.overwrite):
-        raise dv.DataError(f"{out}: holds an ablation already; compare it with --compare_only, continue it with --resume, "
-                           f"choose another --out, or replace it with --overwrite")
-    checks.check_writable(out, "ablation.png", "ablation-curves.png", "softmax", "naive")   # before any training
-    with runs.claimed(out, new=not (args.out or args.compare_only or run.resume)) as folder:  # one command at a time
+        raise dv.DataError(f"{out}: holds an ablation already; compare it with --compare_only, "
+                           f"continue it with --resume, choose another --out, or replace it "
+                           f"with --overwrite")
+    # before any training
+    checks.check_writable(out, "ablation.png", "ablation-curves.png", "softmax", "naive")
+    # one command at a time
+    with runs.claimed(out, new=not (args.out or args.compare_only or run.resume)) as folder:
         if folder != out:
-            print(f"ablation folder {folder}: {out} holds another ablation (--out chooses the folder)")
+            print(f"ablation folder {folder}: {out} holds another ablation "
+                  "(--out chooses the folder)")
         compare(args, train_flags, folder)
 
 
 def compare(args: argparse.Namespace, train_flags: list[str], out: Path) -> None:
-    """Train both models into out/softmax and out/naive (unless --compare_only), then compare them."""
+    """Train both models into out/softmax and out/naive (unless --compare_only), then compare
+    them."""
     if line := synthetic.generating(args.data):
         print(line)
     synthetic.find_scene(args.data)
@@ -158,45 +186,54 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path) -> None
                           "--minutes", str(args.minutes), "--occlusion", kind, *train_flags])
 
     models = {kind: dv.load_checkpoint(out / kind / "ckpt.pt") for kind in kinds}
-    train_views, test, layout = dataset.load_scene(args.data, models["softmax"][0].cfg.img_size)  # both share the sizes
+    # both share the sizes
+    train_views, test, layout = dataset.load_scene(args.data, models["softmax"][0].cfg.img_size)
     print(*dataset.describe(args.data, train_views, test, layout), sep="\n")
     test = train_views if test is None else test
-    print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) | gap (dB) |\n|---|---|---|---|---|---|---|")
+    print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) "
+          "| gap (dB) |\n|---|---|---|---|---|---|---|")
     columns, histories = [], {}
     for kind, (model, state) in models.items():
         histories[kind] = state["history"]
         train_psnr, _, _ = render.evaluate(model, train_views, "cpu", "fp32")
         test_psnr, test_rgb, depth = render.evaluate(model, test, "cpu", "fp32")
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | {train_psnr:.2f} | {test_psnr:.2f} "
-              f"| {train_psnr - test_psnr:.2f} |")
+        print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | "
+              f"{train_psnr:.2f} | {test_psnr:.2f} | {train_psnr - test_psnr:.2f} |")
         columns.append(test_rgb.clamp(0, 1))
         if depth is not None:
             depth_column = figures.colorize_depth(depth, test_rgb.shape[-1])
     baseline = dv.psnr(scenes.nearest_view_baseline(train_views, test.poses), test.images).mean()
     print(f"| nearest training view | - | - | - | - | {baseline:.2f} | - |")
     angles = angle_to_training(train_views, test)
-    print(f"{len(train_views.names)} training views; each of the {len(test.names)} held-out views is {angles.min():.0f} to "
-          f"{angles.max():.0f} degrees (mean {angles.mean():.0f}) from the nearest training view's direction")
+    print(f"{len(train_views.names)} training views; each of the {len(test.names)} held-out views "
+          f"is {angles.min():.0f} to {angles.max():.0f} degrees (mean {angles.mean():.0f}) from "
+          "the nearest training view's direction")
     rows = torch.linspace(0, len(test.names) - 1, args.rows).round().long()
-    picture = torch.cat([test.images, *columns, depth_column], dim=3)[rows]       # (rows, 3, H, 4W)
-    picture = F.interpolate(picture, scale_factor=max(1, 128 // picture.shape[-2]), mode="nearest")  # at least 128 px high
-    picture = picture.permute(0, 2, 3, 1).reshape(-1, picture.shape[-1], 3)        # rows stacked vertically
+    picture = torch.cat([test.images, *columns, depth_column], dim=3)[rows]  # (rows, 3, H, 4W)
+    # at least 128 px high
+    picture = F.interpolate(picture, scale_factor=max(1, 128 // picture.shape[-2]), mode="nearest")
+    # rows stacked vertically
+    picture = picture.permute(0, 2, 3, 1).reshape(-1, picture.shape[-1], 3)
     iio.imwrite(out / "ablation.png", (picture.numpy() * 255).round().astype("uint8"))
-    print(f"\nheld-out views {rows.tolist()}: target | softmax | naive | softmax depth -> {out / 'ablation.png'}")
+    print(f"\nheld-out views {rows.tolist()}: target | softmax | naive | softmax depth -> "
+          f"{out / 'ablation.png'}")
     plot_curves(out / "ablation-curves.png", histories, baseline.item())
     print(f"training and held-out PSNR over the runs -> {out / 'ablation-curves.png'}")
 
 
 def plot_curves(path: Path, histories: dict[str, list[dict]], baseline: float) -> None:
-    """PSNR against step of each model: held-out views solid, training views dashed (where train.py logged them)."""
+    """PSNR against step of each model: held-out views solid, training views dashed (where train.py
+    logged them)."""
     figure = Figure(figsize=(6.4, 4))
     axes = figure.subplots()
     for (kind, history), color in zip(histories.items(), ("tab:blue", "tab:red")):
         steps = [h["step"] for h in history]
-        axes.plot(steps, [h["test_psnr"] for h in history], ".-", color=color, label=f"{kind}: held-out views")
+        axes.plot(steps, [h["test_psnr"] for h in history], ".-", color=color,
+                  label=f"{kind}: held-out views")
         if all("train_psnr" in h for h in history):
-            axes.plot(steps, [h["train_psnr"] for h in history], ".--", color=color, label=f"{kind}: training views")
+            axes.plot(steps, [h["train_psnr"] for h in history], ".--", color=color,
+                      label=f"{kind}: training views")
     axes.axhline(baseline, color="gray", lw=1, label="nearest training view (held-out)")
     axes.set(xlabel="step", ylabel="PSNR (dB)")
     axes.legend(fontsize=8)

@@ -52,17 +52,28 @@ class Config:
     """Model sizes and the scene's geometry; saved in every checkpoint."""
 
     img_size: int = field(default=64, metadata={"help": "H = W of the images the model renders"})
-    feat_size: int = field(default=32, metadata={"help": "h = w of the 2D feature maps used for lifting and projection (default: 32; "
-                                                         "train.py: decided by the object's share of the frame, grid_check.feature_size)"})
-    grid_size: int = field(default=16, metadata={"help": "N voxels per grid side (the authors: 32); the GRU and inpainting cost grows as N^3, a seventh of a step at 16"})
+    feat_size: int = field(default=32, metadata={
+        "help": "h = w of the 2D feature maps used for lifting and projection (default: 32; "
+                "train.py: decided by the object's share of the frame, grid_check.feature_size)"})
+    grid_size: int = field(default=16, metadata={
+        "help": "N voxels per grid side (the authors: 32); the GRU and inpainting cost grows "
+                "as N^3"})
     channels: int = field(default=16, metadata={"help": "C features per voxel (the authors: 64)"})
-    depth_planes: int = field(default=32, metadata={"help": "D depth planes of the canonical view volume (the authors: 2N); the occlusion network, half of a step, "
-                                                           "grows with D x feat_size^2: lower it first to save time or memory"})
-    unet_width: int = field(default=32, metadata={"help": "base width of the 2D feature-extraction and rendering U-Nets"})
-    occlusion_width: int = field(default=8, metadata={"help": "base width of the occlusion network's 3D U-Net"})
-    occlusion: str = field(default="softmax", metadata={"help": "softmax: the paper's visibility softmax over depth; naive: its Fig. 5 ablation "
-                                                        "(depth flattened into channels, reduced by 2D convs)", "choices": ("softmax", "naive")})
-    gru_dropout: float = field(default=0.2, metadata={"help": "channel dropout on the two terms of the GRU proposal S, W_s X and U_s (R∘H) (the authors: 0.2)"})
+    depth_planes: int = field(default=32, metadata={
+        "help": "D depth planes of the canonical view volume (the authors: 2N); the occlusion "
+                "network, the largest part of a step, grows with D x feat_size^2: lower it first "
+                "to save time or memory"})
+    unet_width: int = field(default=32, metadata={
+        "help": "base width of the 2D feature-extraction and rendering U-Nets"})
+    occlusion_width: int = field(default=8, metadata={
+        "help": "base width of the occlusion network's 3D U-Net"})
+    occlusion: str = field(default="softmax", metadata={
+        "help": "softmax: the paper's visibility softmax over depth; naive: its Fig. 5 ablation "
+                "(depth flattened into channels, reduced by 2D convs)",
+        "choices": ("softmax", "naive")})
+    gru_dropout: float = field(default=0.2, metadata={
+        "help": "channel dropout on the two terms of the GRU proposal S, W_s X and U_s (R∘H) "
+                "(the authors: 0.2)"})
     # The scene: where the grid sits and the camera intrinsics at img_size (filled from the data).
     grid_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     grid_scale: float = 1.0
@@ -73,22 +84,29 @@ class Config:
     cy: float = 32.0
 
     def __post_init__(self):
-        # A U-Net of L levels halves its input L times and doubles it back, so each size must divide by 2^L; at batch 1
-        # (the fused grid, one source view) batch norm needs more than one value per channel at the bottom.
-        # Levels: 3 on feat_size (the encoder's and the renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D (occlusion).
+        # A U-Net of L levels halves its input L times and doubles it back, so each size must
+        # divide by 2^L; at batch 1 (the fused grid, one source view) batch norm needs more than
+        # one value per channel at the bottom. Levels: 3 on feat_size (the encoder's and the
+        # renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D (occlusion).
         ratio = self.img_size // self.feat_size if self.feat_size > 0 else 0
         problems = [
             (ratio < 1 or ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
-             f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be 1, 2, 4, 8...: the encoder halves the image down to feat_size"),
+             f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be 1, 2, 4, 8...: "
+             "the encoder halves the image down to feat_size"),
             (self.feat_size % 8 or self.feat_size < 16,
-             f"feat_size ({self.feat_size}) must be a multiple of 8 and at least 16: the 2D U-Nets halve it 3 times down to at least 2x2"),
+             f"feat_size ({self.feat_size}) must be a multiple of 8 and at least 16: "
+             "the 2D U-Nets halve it 3 times down to at least 2x2"),
             (self.grid_size % 4 or self.grid_size < 8,
-             f"grid_size ({self.grid_size}) must be a multiple of 4 and at least 8: the inpainting U-Net halves it twice down to at least 2^3"),
+             f"grid_size ({self.grid_size}) must be a multiple of 4 and at least 8: "
+             "the inpainting U-Net halves it twice down to at least 2^3"),
             (self.depth_planes % 4 or self.depth_planes < 4,
-             f"depth_planes ({self.depth_planes}) must be a multiple of 4: the occlusion U-Net halves it twice"),
+             f"depth_planes ({self.depth_planes}) must be a multiple of 4: "
+             "the occlusion U-Net halves it twice"),
             (min(self.channels, self.unet_width, self.occlusion_width) < 1,
-             f"channels, unet_width and occlusion_width ({self.channels}, {self.unet_width}, {self.occlusion_width}) must be at least 1"),
-            (not 0 <= self.gru_dropout < 1, f"gru_dropout ({self.gru_dropout}) must be at least 0 and below 1"),
+             f"channels, unet_width and occlusion_width ({self.channels}, {self.unet_width}, "
+             f"{self.occlusion_width}) must be at least 1"),
+            (not 0 <= self.gru_dropout < 1,
+             f"gru_dropout ({self.gru_dropout}) must be at least 0 and below 1"),
         ]
         if any(bad for bad, _ in problems):
             raise DataError("sizes: " + "; ".join(message for bad, message in problems if bad))
@@ -96,11 +114,13 @@ class Config:
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # 1. Cameras (paper Sec. 3, "projection" and "lifting" both use the pinhole model)
-#    x_cam = R^T (x_world - t) for a camera-to-world pose [R | t];  u = fx x/z + cx,  v = fy y/z + cy
+#    x_cam = R^T (x_world - t) for a camera-to-world pose [R | t]; u = fx x/z + cx, v = fy y/z + cy
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-def intrinsics_matrix(focal: float, cx: float, cy: float, scale: float = 1.0, focal_y: float = 0.0) -> torch.Tensor:
-    """3x3 pinhole matrix K (fx = focal, fy = focal_y or focal), optionally for an image resized by `scale`."""
+def intrinsics_matrix(focal: float, cx: float, cy: float, scale: float = 1.0,
+                      focal_y: float = 0.0) -> torch.Tensor:
+    """3x3 pinhole matrix K (fx = focal, fy = focal_y or focal), optionally for an image resized
+    by `scale`."""
     return torch.tensor([[focal * scale, 0.0, cx * scale],
                          [0.0, (focal_y or focal) * scale, cy * scale],
                          [0.0, 0.0, 1.0]])
@@ -118,10 +138,11 @@ def camera_to_pixel(points_cam: torch.Tensor, K: torch.Tensor) -> tuple[torch.Te
     """Camera points (..., 3) to pixel coordinates (..., 2) = (u, v) and depth z (...)."""
     z = points_cam[..., 2]
     xy = points_cam[..., :2] / z.clamp(min=1e-8)[..., None]
-    return xy * K.diagonal()[:2] + K[:2, 2], z                          # u = fx x/z + cx, v = fy y/z + cy
+    return xy * K.diagonal()[:2] + K[:2, 2], z                  # u = fx x/z + cx, v = fy y/z + cy
 
 
-def pixel_to_ray(uv: torch.Tensor, K: torch.Tensor, cam2world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_to_ray(uv: torch.Tensor, K: torch.Tensor,
+                 cam2world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixels (P, 2) to world rays of poses (B, 4, 4): origins (B, 1, 3), directions (B, P, 3).
 
     Directions are scaled so that z_cam = 1: the point at depth z is origin + z * direction.
@@ -162,14 +183,16 @@ def world_to_grid_coords(points: torch.Tensor, cfg: Config) -> torch.Tensor:
 def view_depth_range(cam2world: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Near and far depth (B,) per camera so that the depth planes cover the grid's bounding sphere.
 
-    The planes lie at constant camera z, so the range is the camera z of the centre, (c - o) · axis,
-    minus and plus the sphere's radius (not the distance to the centre: off-axis, that cuts the grid).
+    The planes lie at constant camera z, so the range is the camera z of the centre,
+    (c - o) · axis, minus and plus the sphere's radius (not the distance to the centre: off-axis,
+    that cuts the grid).
     A camera that faces away from the grid gets a short range in front of its near plane.
     """
     radius = cfg.grid_scale * math.sqrt(3) / 2
     center = torch.tensor(cfg.grid_center, device=cam2world.device)
     z_center = ((center - cam2world[:, :3, 3]) * cam2world[:, :3, 2]).sum(-1)    # (B,)
-    near = (z_center - radius).clamp(min=0.05 * radius) if cfg.near <= 0 else torch.full_like(z_center, cfg.near)
+    near = ((z_center - radius).clamp(min=0.05 * radius) if cfg.near <= 0
+            else torch.full_like(z_center, cfg.near))
     return near, torch.maximum(z_center + radius, near + 0.1 * radius)
 
 
@@ -177,24 +200,30 @@ def view_depth_range(cam2world: torch.Tensor, cfg: Config) -> tuple[torch.Tensor
 # Building block: a U-Net in 2D or 3D (the authors use U-Nets for all four networks)
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-def conv_block(dims: int, c_in: int, c_out: int, stride: int = 1, transpose: bool = False) -> nn.Sequential:
+def conv_block(dims: int, c_in: int, c_out: int, stride: int = 1,
+               transpose: bool = False) -> nn.Sequential:
     """Conv (3x3, or 4x4 when it changes the resolution) -> BatchNorm -> LeakyReLU(0.2)."""
     # FastConv3d is nn.Conv3d, only faster on a CPU (see "Running fast on a CPU" at the end)
-    Conv = {(2, False): nn.Conv2d, (3, False): FastConv3d, (2, True): nn.ConvTranspose2d, (3, True): nn.ConvTranspose3d}[dims, transpose]
+    Conv = {(2, False): nn.Conv2d, (3, False): FastConv3d,
+            (2, True): nn.ConvTranspose2d, (3, True): nn.ConvTranspose3d}[dims, transpose]
     Norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
     kernel = 4 if stride == 2 else 3
-    return nn.Sequential(Conv(c_in, c_out, kernel, stride=stride, padding=1, bias=False), Norm(c_out), nn.LeakyReLU(0.2))
+    return nn.Sequential(Conv(c_in, c_out, kernel, stride=stride, padding=1, bias=False),
+                         Norm(c_out), nn.LeakyReLU(0.2))
 
 
 class UNet(nn.Module):
-    """U-Net with `levels` stride-2 down/up steps and skip connections; output has the input's size."""
+    """U-Net with `levels` stride-2 down/up steps and skip connections; output has the input's
+    size."""
 
     def __init__(self, dims: int, c_in: int, c_out: int, width: int, levels: int):
         super().__init__()
         widths = [width * 2 ** i for i in range(levels + 1)]
         self.inc = conv_block(dims, c_in, width)
-        self.down = nn.ModuleList(conv_block(dims, a, b, stride=2) for a, b in zip(widths, widths[1:]))
-        self.up = nn.ModuleList(conv_block(dims, b, a, stride=2, transpose=True) for a, b in zip(widths, widths[1:]))
+        self.down = nn.ModuleList(conv_block(dims, a, b, stride=2)
+                                  for a, b in zip(widths, widths[1:]))
+        self.up = nn.ModuleList(conv_block(dims, b, a, stride=2, transpose=True)
+                                for a, b in zip(widths, widths[1:]))
         self.merge = nn.ModuleList(conv_block(dims, 2 * a, a) for a in widths[:-1])
         self.out = (nn.Conv2d if dims == 2 else nn.Conv3d)(width, c_out, 1)
 
@@ -219,7 +248,8 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         steps = int(math.log2(cfg.img_size // cfg.feat_size))
         widths = [3] + [cfg.unet_width] * steps
-        self.downsample = nn.Sequential(*(conv_block(2, a, b, stride=2) for a, b in zip(widths, widths[1:])))
+        self.downsample = nn.Sequential(*(conv_block(2, a, b, stride=2)
+                                          for a, b in zip(widths, widths[1:])))
         self.unet = UNet(2, widths[-1], cfg.channels, cfg.unet_width, levels=3)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -231,7 +261,8 @@ class FeatureExtractor(nn.Module):
 #    feature map and sampled bilinearly, so every voxel along a ray receives the same feature.
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor,
+         cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Lift feature maps (B, C, h, w) seen from poses (B, 4, 4) into the grid.
 
     Returns the lifted volume (B, C, N, N, N) and the validity mask (B, 1, N, N, N): 1 where the
@@ -242,8 +273,10 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, 
     """
     B, _, h, w = features.shape
     centers = voxel_centers(cfg).to(features.device).expand(B, -1, -1, -1, -1)   # (B, N, N, N, 3)
-    uv, z = camera_to_pixel(world_to_camera(centers, cam2world), K_feat)          # (B, N, N, N, 2), (B, N, N, N)
-    inside = (z > 1e-6) & (uv[..., 0] >= 0) & (uv[..., 0] <= w) & (uv[..., 1] >= 0) & (uv[..., 1] <= h)
+    # (B, N, N, N, 2), (B, N, N, N)
+    uv, z = camera_to_pixel(world_to_camera(centers, cam2world), K_feat)
+    inside = ((z > 1e-6) & (uv[..., 0] >= 0) & (uv[..., 0] <= w)
+              & (uv[..., 1] >= 0) & (uv[..., 1] <= h))
     sample_at = uv / torch.tensor([w, h], device=uv.device) * 2 - 1               # pixel -> [-1, 1]
     n = cfg.grid_size
     lifted = F.grid_sample(features, sample_at.reshape(B, n, n * n, 2), mode="bilinear",
@@ -258,7 +291,8 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def normalized_coordinates(n: int) -> torch.Tensor:
-    """(1, 3, N, N, N) voxel-centre coordinates in (-1, 1), channels (x, y, z), as the authors concatenate."""
+    """(1, 3, N, N, N) voxel-centre coordinates in (-1, 1), channels (x, y, z), as the authors
+    concatenate."""
     ticks = (torch.arange(n) + 0.5) * 2 / n - 1
     z, y, x = torch.meshgrid(ticks, ticks, ticks, indexing="ij")
     return torch.stack([x, y, z])[None]
@@ -276,24 +310,28 @@ class IntegrationGRU(nn.Module):
 
         # Convolutions that read the same input are merged (one larger convolution is faster than
         # several small ones) and split back into the paper's terms in forward.
-        self.W_zrs = conv(1 + 1 + C, True)                                # W_z, W_r, W_s (and b_z, b_r, b_s): they all read X
-        self.U_zr = conv(1 + 1, False)                                    # U_z, U_r: both read H
-        self.U_s = conv(C, False)                                         # reads R∘H
-        self.dropout = nn.Dropout3d(cfg.gru_dropout)                     # as the authors: whole channels of a term
+        self.W_zrs = conv(1 + 1 + C, True)    # W_z, W_r, W_s (and b_z, b_r, b_s): they all read X
+        self.U_zr = conv(1 + 1, False)        # U_z, U_r: both read H
+        self.U_s = conv(C, False)             # reads R∘H
+        # dropout, as the authors: whole channels of a term
+        self.dropout = nn.Dropout3d(cfg.gru_dropout)
         self.register_buffer("coords", normalized_coordinates(cfg.grid_size), persistent=False)
 
     def forward(self, X: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lifted volume X and old grid H, both (1, C, N, N, N) -> new grid H' and update gate Z (1, 1, N, N, N)."""
+        """Lifted volume X and old grid H, both (1, C, N, N, N) -> new grid H' and update gate Z
+        (1, 1, N, N, N)."""
         C = H.shape[1]
-        xc = torch.cat([X, self.coords], dim=1)                           # (1, C+3, N, N, N)
+        xc = torch.cat([X, self.coords], dim=1)                 # (1, C+3, N, N, N)
         hc = torch.cat([H, self.coords], dim=1)
-        Wz_x, Wr_x, Ws_x = self.W_zrs(xc).split([1, 1, C], dim=1)         # W_z X + b_z, W_r X + b_r, W_s X + b_s
-        Uz_h, Ur_h = self.U_zr(hc).split([1, 1], dim=1)                   # U_z H, U_r H
-        Z = torch.sigmoid(Wz_x + Uz_h)                                    # Z = σ(W_z X + U_z H + b_z)
-        R = torch.sigmoid(Wr_x + Ur_h)                                    # R = σ(W_r X + U_r H + b_r)
-        Us_rh = self.U_s(torch.cat([R * H, self.coords], dim=1))          # U_s (R∘H)
-        S = F.relu(self.dropout(Ws_x) + self.dropout(Us_rh))              # S = ReLU(W_s X + U_s (R∘H) + b_s)
-        return (1 - Z) * H + Z * S, Z                                     # H' = (1 − Z)∘H + Z∘S
+        # W_z X + b_z, W_r X + b_r, W_s X + b_s
+        Wz_x, Wr_x, Ws_x = self.W_zrs(xc).split([1, 1, C], dim=1)
+        Uz_h, Ur_h = self.U_zr(hc).split([1, 1], dim=1)         # U_z H, U_r H
+        Z = torch.sigmoid(Wz_x + Uz_h)                          # Z = σ(W_z X + U_z H + b_z)
+        R = torch.sigmoid(Wr_x + Ur_h)                          # R = σ(W_r X + U_r H + b_r)
+        # U_s (R∘H)
+        Us_rh = self.U_s(torch.cat([R * H, self.coords], dim=1))
+        S = F.relu(self.dropout(Ws_x) + self.dropout(Us_rh))    # S = ReLU(W_s X + U_s (R∘H) + b_s)
+        return (1 - Z) * H + Z * S, Z                           # H' = (1 − Z)∘H + Z∘S
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -312,23 +350,27 @@ def make_inpainting_net(cfg: Config) -> UNet:
 #    Point of pixel (u, v) at depth z:  x_world = R (z (u - cx)/fx, z (v - cy)/fy, z) + t
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-def view_volume_points(cam2world: torch.Tensor, K_feat: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def view_volume_points(cam2world: torch.Tensor, K_feat: torch.Tensor,
+                       cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """World points (B, D, h, w, 3) of the view volume and the plane depths (B, D)."""
     B, D, h = cam2world.shape[0], cfg.depth_planes, cfg.feat_size
     near, far = view_depth_range(cam2world, cfg)
-    depths = near[:, None] + (far - near)[:, None] * torch.linspace(0, 1, D, device=cam2world.device)  # (B, D)
-    pixels = pixel_centers(h, h).to(cam2world.device).reshape(-1, 2)                # (h*w, 2)
-    origins, dirs = pixel_to_ray(pixels, K_feat, cam2world)                         # (B, 1, 3), (B, h*w, 3)
-    points = origins[:, None] + depths[:, :, None, None] * dirs[:, None]            # (B, D, h*w, 3)
+    depths = (near[:, None]                                               # (B, D)
+              + (far - near)[:, None] * torch.linspace(0, 1, D, device=cam2world.device))
+    pixels = pixel_centers(h, h).to(cam2world.device).reshape(-1, 2)      # (h*w, 2)
+    origins, dirs = pixel_to_ray(pixels, K_feat, cam2world)               # (B, 1, 3), (B, h*w, 3)
+    points = origins[:, None] + depths[:, :, None, None] * dirs[:, None]  # (B, D, h*w, 3)
     return points.reshape(B, D, h, h, 3), depths
 
 
-def project(grid: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample the grid (B, C, N, N, N) into view volumes (B, C, D, h, w); samples outside get 0."""
+def project(grid: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor,
+            cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample the grid (B, C, N, N, N) into view volumes (B, C, D, h, w); samples outside
+    get 0."""
     points, depths = view_volume_points(cam2world, K_feat, cfg)
-    coords = world_to_grid_coords(points, cfg)                                     # (B, D, h, w, 3) as (x, y, z)
+    coords = world_to_grid_coords(points, cfg)                # (B, D, h, w, 3) as (x, y, z)
     volume = F.grid_sample(grid, coords, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return volume, depths                                                          # (B, C, D, h, w), (B, D)
+    return volume, depths                                     # (B, C, D, h, w), (B, D)
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -338,22 +380,29 @@ def project(grid: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor, c
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 class OcclusionNet(nn.Module):
-    """View volume (B, C, D, h, w) -> flat features (B, C, h, w), weights (B, D, h, w), depth (B, 1, h, w)."""
+    """View volume (B, C, D, h, w) -> flat features (B, C, h, w), weights (B, D, h, w), depth
+    (B, 1, h, w)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
-        # Weights and input channels-last (channels innermost in memory): oneDNN's convolutions over the
-        # view volume, the largest of the model, run 1.3x faster so on a CPU (measured forward+backward).
-        self.unet = UNet(3, cfg.channels + 1, 1, cfg.occlusion_width, levels=2).to(memory_format=torch.channels_last_3d)
+        # Weights and input channels-last (channels innermost in memory): oneDNN's convolutions
+        # over the view volume, the largest of the model, run faster so on a CPU (measured
+        # forward+backward).
+        self.unet = (UNet(3, cfg.channels + 1, 1, cfg.occlusion_width, levels=2)
+                     .to(memory_format=torch.channels_last_3d))
 
-    def forward(self, volume: torch.Tensor, depths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, volume: torch.Tensor,
+                depths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, _, D, h, w = volume.shape
-        depth_channel = torch.linspace(-1, 1, D, device=volume.device).view(1, 1, D, 1, 1).expand(B, 1, D, h, w)
-        with_depth = torch.cat([volume, depth_channel.to(volume.dtype)], dim=1)      # (B, C+1, D, h, w)
-        logits = self.unet(with_depth.contiguous(memory_format=torch.channels_last_3d))  # (B, 1, D, h, w)
-        weights = torch.softmax(logits[:, 0].float(), dim=1)                      # (B, D, h, w), Σ_d w_d = 1
-        features = (weights[:, None] * volume).sum(dim=2)                          # (B, C, h, w)
-        depth = (weights * depths[:, :, None, None]).sum(dim=1, keepdim=True)      # (B, 1, h, w)
+        depth_channel = (torch.linspace(-1, 1, D, device=volume.device)
+                         .view(1, 1, D, 1, 1).expand(B, 1, D, h, w))
+        with_depth = torch.cat([volume, depth_channel.to(volume.dtype)], dim=1)  # (B, C+1, D, h, w)
+        logits = self.unet(
+            with_depth.contiguous(memory_format=torch.channels_last_3d))          # (B, 1, D, h, w)
+        # visibility weights w_d, Σ_d w_d = 1
+        weights = torch.softmax(logits[:, 0].float(), dim=1)                     # (B, D, h, w)
+        features = (weights[:, None] * volume).sum(dim=2)                        # (B, C, h, w)
+        depth = (weights * depths[:, :, None, None]).sum(dim=1, keepdim=True)    # (B, 1, h, w)
         return features, weights, depth
 
 
@@ -367,11 +416,14 @@ class NaiveOcclusion(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         C, D = cfg.channels, cfg.depth_planes
-        widths = [C * D >> k for k in range(int(math.log2(D)))] + [C]             # each layer halves: C*D ... C
-        self.reduce = nn.Sequential(*(conv_block(2, a, b) for a, b in zip(widths[:-2], widths[1:-1])),
-                                    nn.Conv2d(widths[-2], C, 3, padding=1))        # linear out, like Σ_d w_d · volume_d
+        # each layer halves: C*D ... C; the last is linear, like Σ_d w_d · volume_d
+        widths = [C * D >> k for k in range(int(math.log2(D)))] + [C]
+        self.reduce = nn.Sequential(*(conv_block(2, a, b)
+                                      for a, b in zip(widths[:-2], widths[1:-1])),
+                                    nn.Conv2d(widths[-2], C, 3, padding=1))
 
-    def forward(self, volume: torch.Tensor, depths: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def forward(self, volume: torch.Tensor,
+                depths: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         B, C, D, h, w = volume.shape
         return self.reduce(volume.reshape(B, C * D, h, w)), None, None             # (B, C, h, w)
 
@@ -392,11 +444,13 @@ class RenderingNet(nn.Module):
         steps = int(math.log2(cfg.img_size // cfg.feat_size))
         width = cfg.unet_width
         self.unet = UNet(2, cfg.channels, width, width, levels=3)
-        self.upsample = nn.Sequential(*(conv_block(2, width, width, stride=2, transpose=True) for _ in range(steps)))
+        self.upsample = nn.Sequential(*(conv_block(2, width, width, stride=2, transpose=True)
+                                        for _ in range(steps)))
         self.to_rgb = nn.Conv2d(width, 3, 3, padding=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.to_rgb(self.upsample(self.unet(features))) + 0.5   # (B, 3, H, W); 0.5 centres the start
+        # (B, 3, H, W); 0.5 centres the start
+        return self.to_rgb(self.upsample(self.unet(features))) + 0.5
 
 
 # The adversarial term of the loss (paper Sec. 3.4: 200 · L1 + adversarial): a PatchGAN
@@ -411,26 +465,31 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         widths = [width * 2 ** i for i in range(layers + 1)]                  # w, 2w, 4w, 8w
         self.net = nn.Sequential(
-            nn.Conv2d(3, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),   # no batch norm on the image
+            # no batch norm on the image
+            nn.Conv2d(3, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
             *(conv_block(2, a, b, stride=2) for a, b in zip(widths[:-2], widths[1:-1])),
-            nn.Conv2d(widths[-2], widths[-1], 4, padding=1, bias=False), nn.BatchNorm2d(widths[-1]), nn.LeakyReLU(0.2),
+            nn.Conv2d(widths[-2], widths[-1], 4, padding=1, bias=False),
+            nn.BatchNorm2d(widths[-1]), nn.LeakyReLU(0.2),
             nn.Conv2d(widths[-1], 1, 4, padding=1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image - 0.5)                                          # (B, 1, H/8 - 2, W/8 - 2)
+        return self.net(image - 0.5)                                # (B, 1, H/8 - 2, W/8 - 2)
 
 
-def discriminator_loss(disc: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """-log σ(D(real)) - log(1 - σ(D(fake))) for images (B, 3, H, W); fakes detached: the generator gets no gradient."""
+def discriminator_loss(disc: PatchDiscriminator, real: torch.Tensor,
+                       fake: torch.Tensor) -> torch.Tensor:
+    """-log σ(D(real)) - log(1 - σ(D(fake))) for images (B, 3, H, W); fakes detached: the
+    generator gets no gradient."""
     return F.softplus(-disc(real)).mean() + F.softplus(disc(fake.detach())).mean()
 
 
 def generator_adversarial_loss(disc: PatchDiscriminator, fake: torch.Tensor) -> torch.Tensor:
-    """-log σ(D(fake)) for rendered images (B, 3, H, W); the discriminator is frozen: it gets no gradient.
+    """-log σ(D(fake)) for rendered images (B, 3, H, W); the discriminator is frozen: it gets no
+    gradient.
 
-    Its batch norm is not frozen: in train mode it normalises with the fakes' own statistics, as in the
-    discriminator's own step, and updates its running statistics, as pix2pix's generator step does.
-    Those are read only in eval mode, which training never uses.
+    Its batch norm is not frozen: in train mode it normalises with the fakes' own statistics, as in
+    the discriminator's own step, and updates its running statistics, as pix2pix's generator step
+    does. Those are read only in eval mode, which training never uses.
     """
     disc.requires_grad_(False)
     loss = F.softplus(-disc(fake)).mean()
@@ -444,7 +503,8 @@ def generator_adversarial_loss(disc: PatchDiscriminator, fake: torch.Tensor) -> 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 class DeepVoxels(nn.Module):
-    """The DeepVoxels generator with its persistent grid (a buffer: saved and moved with the model)."""
+    """The DeepVoxels generator with its persistent grid (a buffer: saved and moved with the
+    model)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -457,40 +517,50 @@ class DeepVoxels(nn.Module):
         n = cfg.grid_size
         self.register_buffer("grid", torch.zeros(1, cfg.channels, n, n, n))   # the DeepVoxels, H
         self.register_buffer("K", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, focal_y=cfg.focal_y))
-        self.register_buffer("K_feat", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size, cfg.focal_y))
+        self.register_buffer("K_feat", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy,
+                                                         cfg.feat_size / cfg.img_size, cfg.focal_y))
 
-    def fuse(self, source_image: torch.Tensor, source_pose: torch.Tensor) -> dict[str, torch.Tensor]:
+    def fuse(self, source_image: torch.Tensor,
+             source_pose: torch.Tensor) -> dict[str, torch.Tensor]:
         """Lift one source view (1, 3, H, W) with pose (1, 4, 4) and fuse it into the grid.
 
         The old grid enters detached, so gradients cover one step (as the authors did); the new
         grid replaces the buffer (rebinding, not copy_, keeps the autograd graph intact).
         """
         features = self.encoder(source_image)                              # (1, C, h, w)
-        lifted, mask = lift(features, source_pose, self.K_feat, self.cfg)  # (1, C, N, N, N), (1, 1, N, N, N)
+        # (1, C, N, N, N), (1, 1, N, N, N)
+        lifted, mask = lift(features, source_pose, self.K_feat, self.cfg)
         new_grid, update_gate = self.gru(lifted, self.grid.detach())
         self.grid = new_grid.detach()
         return {"features": features, "lifted": lifted, "lift_mask": mask,
                 "update_gate": update_gate, "grid": new_grid}
 
     def render_grid(self, grid: torch.Tensor, poses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render poses (B, 4, 4) from a grid (1, C, N, N, N): 3D inpainting, then `render_inpainted`."""
-        return self.render_inpainted(self.inpainting(grid), poses)              # inpainted: (1, C, N, N, N)
+        """Render poses (B, 4, 4) from a grid (1, C, N, N, N): 3D inpainting, then
+        `render_inpainted`."""
+        return self.render_inpainted(self.inpainting(grid), poses)  # inpainted: (1, C, N, N, N)
 
-    def render_inpainted(self, inpainted: torch.Tensor, poses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render poses (B, 4, 4) from an inpainted grid (1, C, N, N, N); returns every intermediate.
+    def render_inpainted(self, inpainted: torch.Tensor,
+                         poses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Render poses (B, 4, 4) from an inpainted grid (1, C, N, N, N); returns every
+        intermediate.
 
         Keys: rgb (B, 3, H, W), depth (B, 1, h, w), weights (B, D, h, w), view_volume
         (B, C, D, h, w), depths (B, D), flat_features (B, C, h, w), inpainted (1, C, N, N, N).
         With cfg.occlusion == "naive" there is no visibility: depth and weights are None.
-        At test time the inpainted grid depends on no view: render.py computes it once for all views.
+        At test time the inpainted grid depends on no view: render.py computes it once for all
+        views.
         """
-        volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses, self.K_feat, self.cfg)
-        flat, weights, depth = self.occlusion(volume, depths)                   # (B, C, h, w), (B, D, h, w), (B, 1, h, w)
+        volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses,
+                                 self.K_feat, self.cfg)
+        # (B, C, h, w), (B, D, h, w), (B, 1, h, w)
+        flat, weights, depth = self.occlusion(volume, depths)
         rgb = self.renderer(flat)                                               # (B, 3, H, W)
         return {"rgb": rgb, "depth": depth, "weights": weights, "view_volume": volume,
                 "depths": depths, "flat_features": flat, "inpainted": inpainted}
 
-    def forward(self, source_image: torch.Tensor, source_pose: torch.Tensor, target_poses: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, source_image: torch.Tensor, source_pose: torch.Tensor,
+                target_poses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training step's forward: fuse the source view, render the target poses (B, 4, 4)."""
         fused = self.fuse(source_image, source_pose)
         return {**fused, **self.render_grid(fused["grid"], target_poses)}
@@ -509,24 +579,29 @@ class DeepVoxels(nn.Module):
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def resolve_precision(device: str, precision: str = "auto") -> str:
-    """"bf16" or "fp32": auto means bf16 where it pays off (a GPU, or a CPU with bf16 units), fp32 otherwise."""
+    """"bf16" or "fp32": auto means bf16 where it pays off (a GPU, or a CPU with bf16 units), fp32
+    otherwise."""
     kind = torch.device(device).type
     if precision == "auto":
-        return "bf16" if kind == "cuda" or (kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()) else "fp32"
+        return ("bf16" if kind == "cuda" or (kind == "cpu"
+                                             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+                else "fp32")
     return precision
 
 
 def mixed_precision(device: str, precision: str = "auto") -> torch.autocast:
-    """bf16 autocast where it pays off (a GPU, or a CPU with bf16 units: 1.3x faster steps on the AMD EPYC),
-    plain fp32 otherwise. `precision` is "auto", "bf16" or "fp32"."""
+    """bf16 autocast where it pays off (a GPU, or a CPU with bf16 units), plain fp32 otherwise.
+    `precision` is "auto", "bf16" or "fp32"."""
     enabled = resolve_precision(device, precision) == "bf16"
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          enabled=enabled)
 
 
 @contextlib.contextmanager
 def flushed_denormals():
-    """Inside, denormal floats are flushed to zero: a grid drifting into them would double a CPU's step time. The setting
-    before is restored after (torch has no getter: when flushing, a denormal times 1 reads 0)."""
+    """Inside, denormal floats are flushed to zero: a grid drifting into them would slow a CPU's
+    steps down. The setting before is restored after (torch has no getter: when flushing, a
+    denormal times 1 reads 0)."""
     before = (torch.tensor([1e-40]) * 1.0).item() == 0.0
     torch.set_flush_denormal(True)
     try:
@@ -536,27 +611,31 @@ def flushed_denormals():
 
 
 class FastConv3d(nn.Conv3d):
-    """nn.Conv3d that runs a batch of one as a batch of two depth halves on a CPU in fp32: same result, 3-8x faster.
+    """nn.Conv3d that runs a batch of one as a batch of two depth halves on a CPU in fp32: same
+    result, faster.
 
-    PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1 (or the kernel is
-    larger than 3, or N·C·D·H > 20480); a 3x3x3 convolution of one grid takes its slow im2col path
-    (aten::slow_conv3d) instead. Split along depth, with the one plane of overlap each half needs for
-    its 3x3x3 window, the same convolution is a batch of two and goes to oneDNN.
+    PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1 (or the kernel
+    is larger than 3, or N·C·D·H > 20480); a 3x3x3 convolution of one grid takes its slow im2col
+    path (aten::slow_conv3d) instead. Split along depth, with the one plane of overlap each half
+    needs for its 3x3x3 window, the same convolution is a batch of two and goes to oneDNN.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         D = x.shape[2]
-        if (x.shape[0] > 1 or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-                or self.kernel_size != (3, 3, 3) or self.stride != (1, 1, 1) or self.padding != (1, 1, 1) or D % 2):
+        if (x.shape[0] > 1 or x.device.type != "cpu" or x.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or self.kernel_size != (3, 3, 3)
+                or self.stride != (1, 1, 1) or self.padding != (1, 1, 1) or D % 2):
             return super().forward(x)
-        padded = F.pad(x, (0, 0, 0, 0, 1, 1))                                    # (1, C, D+2, H, W): depth padded by hand
-        halves = torch.cat([padded[:, :, :D // 2 + 2], padded[:, :, D // 2:]])   # (2, C, D/2+2, H, W), overlapping by 2 planes
+        padded = F.pad(x, (0, 0, 0, 0, 1, 1))       # (1, C, D+2, H, W): depth padded by hand
+        # (2, C, D/2+2, H, W), overlapping by 2 planes
+        halves = torch.cat([padded[:, :, :D // 2 + 2], padded[:, :, D // 2:]])
         out = F.conv3d(halves, self.weight, self.bias, padding=(0, 1, 1))       # (2, C', D/2, H, W)
         return torch.cat([out[:1], out[1:]], dim=2)                               # (1, C', D, H, W)
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# Metrics (not the paper): PSNR and SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03)
+# Metrics (not the paper): PSNR and SSIM
+#    (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03)
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -579,7 +658,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     mu_x, mu_y = blur(x), blur(y)
     var_x, var_y = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2
     cov = blur(x * y) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    s = (((2 * mu_x * mu_y + c1) * (2 * cov + c2))
+         / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
     return s.flatten(1).mean(1).float()
 
 
@@ -588,39 +668,46 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint. Any failure (a full
-    disk, a file-size limit: torch.save raises RuntimeError as well as OSError) is one DataError line, and the
-    partial temporary file is removed."""
+    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint. Any
+    failure (a full disk, a file-size limit: torch.save raises RuntimeError as well as OSError) is
+    one DataError line, and the partial temporary file is removed."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         torch.save(state, tmp)
         tmp.replace(path)
-    except (OSError, RuntimeError) as e:                                      # RuntimeError: torch.save's own writer
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch.save's own writer
         tmp.unlink(missing_ok=True)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write stopped part-way: is the disk full?"
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror
+                  else "the write stopped part-way: is the disk full?")
         raise DataError(f"{path}: cannot write the checkpoint ({reason})") from None
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu", needs: dict[str, type] | None = None) -> tuple[DeepVoxels, dict]:
-    """Rebuild the model from a checkpoint (its own Config); returns the model and the whole state, which must hold
-    every entry of `needs` ({"step": int, ...}) with its type."""
+def load_checkpoint(path: str | Path, device: str = "cpu",
+                    needs: dict[str, type] | None = None) -> tuple[DeepVoxels, dict]:
+    """Rebuild the model from a checkpoint (its own Config); returns the model and the whole state,
+    which must hold every entry of `needs` ({"step": int, ...}) with its type."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception:  # empty, truncated, foreign, or a pickle that is more than plain data
-        raise DataError(f"{path}: not a DeepVoxels checkpoint (not a readable file of plain tensors)") from None
+        raise DataError(f"{path}: not a DeepVoxels checkpoint "
+                        "(not a readable file of plain tensors)") from None
     needs = {"config": dict, "model": dict, **(needs or {})}
-    missing = [key for key, kind in needs.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    missing = [key for key, kind in needs.items()
+               if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
     if missing:
-        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version (no valid {', '.join(missing)} entry)")
+        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version "
+                        f"(no valid {', '.join(missing)} entry)")
     try:
         cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
         model = DeepVoxels(cfg).to(device)
         model.load_state_dict(state["model"])
-    except Exception as e:  # missing keys, unknown settings and shape mismatches: another version's file
+    except Exception as e:
+        # missing keys, unknown settings and shape mismatches: another version's file
         reason = (str(e).strip().splitlines() or [""])[0][:120]
-        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version ({type(e).__name__} {reason})") from None
+        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version "
+                        f"({type(e).__name__} {reason})") from None
     return model, state

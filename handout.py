@@ -42,23 +42,29 @@ def make_handout(notebook: dict) -> dict:
         except ValueError as e:
             raise ValueError(f"cell {k}: {e}") from None
         if cell["cell_type"] == "code":
-            cell.update(outputs=[], execution_count=None, metadata={m: v for m, v in cell["metadata"].items() if m != "execution"})
+            cell.update(outputs=[], execution_count=None,
+                        metadata={m: v for m, v in cell["metadata"].items() if m != "execution"})
         cells.append(cell)
     return {**notebook, "cells": cells}
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("notebook", nargs="?", default=str(Path(__file__).parent / "tutorial.ipynb"),
-                        help="the notebook with solutions (default: tutorial.ipynb next to this script)")
-    parser.add_argument("--out", default="tutorial-handout.ipynb", help="where to write the handout (default: tutorial-handout.ipynb)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebook", nargs="?",
+                        default=str(Path(__file__).parent / "tutorial.ipynb"),
+                        help="the notebook with solutions (default: tutorial.ipynb next to this "
+                             "script)")
+    parser.add_argument("--out", default="tutorial-handout.ipynb",
+                        help="where to write the handout (default: tutorial-handout.ipynb)")
     args = parser.parse_args(argv)
     try:
         notebook = json.loads(Path(args.notebook).read_text(encoding="utf-8"))
         handout = make_handout(notebook)
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"error: {args.notebook}: {e}")
-    Path(args.out).write_text(json.dumps(handout, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    Path(args.out).write_text(json.dumps(handout, indent=1, ensure_ascii=False) + "\n",
+                              encoding="utf-8")
     todo = sum("# TODO" in cell["source"] for cell in handout["cells"])
     print(f"wrote {args.out}: {todo} cells with # TODO, no solutions, no outputs")
 

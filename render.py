@@ -7,8 +7,8 @@
    whose viewing direction is closest): a table on screen and metrics.json.
 3. sheet.png: ground truth | prediction | depth | absolute error for a few test views.
 
-The model, its configuration, the orbit's radius and where its data is come from the checkpoint: a run
-renders from any working directory; where its data folder is gone, the orbit alone. Metrics are
+The model, its configuration, the orbit's radius and where its data is come from the checkpoint: a
+run renders from any working directory; where its data folder is gone, the orbit alone. Metrics are
 computed at the size the model renders (its img_size); --size only resizes the images written. The
 interactive viewer and the architecture figure are in viewer.py.
 """
@@ -40,19 +40,26 @@ SHEET_VIEWS = 4  # test views on sheet.png, spread over the test split
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags; every one has a default, so `python render.py` renders the newest run."""
-    p = checks.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = checks.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
     which.add_argument("--run", help="run folder holding ckpt.pt (default: the newest under runs/)")
-    p.add_argument("--data", help="scene folder for the test views (default: the one the checkpoint was trained on)")
-    p.add_argument("--poses", help="folder of pose .txt files (dataset format, e.g. cube/test/pose) to render as path.gif instead of the orbit")
+    p.add_argument("--data", help="scene folder for the test views (default: the one the "
+                                  "checkpoint was trained on)")
+    p.add_argument("--poses", help="folder of pose .txt files (dataset format, e.g. "
+                                   "cube/test/pose) to render as path.gif instead of the orbit")
     p.add_argument("--frames", type=int, default=36, help="frames of the orbit (default: 36)")
-    p.add_argument("--elevation", type=float, default=20.0, help="orbit elevation above the grid centre in degrees, -90 to 90 (default: 20)")
-    p.add_argument("--size", type=int, default=0, help="pixel size of the written frames (default: the model's img_size)")
+    p.add_argument("--elevation", type=float, default=20.0,
+                   help="orbit elevation above the grid centre in degrees, -90 to 90 (default: 20)")
+    p.add_argument("--size", type=int, default=0,
+                   help="pixel size of the written frames (default: the model's img_size)")
     p.add_argument("--out", help="output folder (default: <run>/render)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 units (default: auto)")
+                   help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 "
+                        "units (default: auto)")
     args = p.parse_args(argv)
     checks.check_number("--frames", "the value", args.frames, (">=", 1))
     checks.check_number("--elevation", "the value", args.elevation, (">=", -90), ("<=", 90))
@@ -65,55 +72,69 @@ def read_poses(folder: Path) -> torch.Tensor:
     """(V, 4, 4) camera-to-world poses from the .txt files of a folder, in name order."""
     files = sorted(folder.glob("*.txt"))
     if not files:
-        raise dv.DataError(f"{folder}: no pose .txt files found" if folder.is_dir() else f"{folder}: no such poses folder")
+        raise dv.DataError(f"{folder}: no pose .txt files found" if folder.is_dir()
+                           else f"{folder}: no such poses folder")
     return torch.from_numpy(np.stack([checks.read_pose(f) for f in files])).float()
 
 
-def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w) or None, seconds per view."""
+def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str,
+                 precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w) or
+    None, seconds per view."""
     rgbs, depths, seconds = [], [], []
     with torch.no_grad(), dv.mixed_precision(device, precision):
-        inpainted = model.inpainting(model.grid)                     # (1, C, N, N, N), once: it depends on no view
+        # (1, C, N, N, N), once: it depends on no view
+        inpainted = model.inpainting(model.grid)
         for pose in poses:
             start = time.perf_counter()
             out = model.render_inpainted(inpainted, pose[None].to(device))
-            rgbs.append(out["rgb"].float().cpu())                    # .cpu() waits for a GPU to finish
+            rgbs.append(out["rgb"].float().cpu())  # .cpu() waits for a GPU to finish
             seconds.append(time.perf_counter() - start)
             depths.append(out["depth"])
-    depth = None if depths[0] is None else torch.cat(depths).float().cpu()  # None: the naive-occlusion ablation
+    # None: the naive-occlusion ablation
+    depth = None if depths[0] is None else torch.cat(depths).float().cpu()
     return torch.cat(rgbs), depth, seconds
 
 
-def evaluate(model: dv.DeepVoxels, scene: scenes.Scene, device: str, precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
-    """Mean PSNR of a scene's views rendered from the grid alone in eval mode (the mode is restored after), with the
-    renders (V, 3, H, W) and depth maps (V, 1, h, w), None for the naive occlusion; eight views at a time."""
+def evaluate(model: dv.DeepVoxels, scene: scenes.Scene, device: str,
+             precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+    """Mean PSNR of a scene's views rendered from the grid alone in eval mode (the mode is restored
+    after), with the renders (V, 3, H, W) and depth maps (V, 1, h, w), None for the naive
+    occlusion; eight views at a time."""
     was_training = model.training
     model.eval()
     with torch.no_grad(), dv.mixed_precision(device, precision):
         outs = [model.render(poses.to(device)) for poses in scene.poses.split(8)]
     model.train(was_training)
     rgb = torch.cat([o["rgb"] for o in outs]).float().cpu()
-    depth = None if outs[0]["depth"] is None else torch.cat([o["depth"] for o in outs]).float().cpu()
+    depth = (None if outs[0]["depth"] is None
+             else torch.cat([o["depth"] for o in outs]).float().cpu())
     return dv.psnr(rgb, scene.images).mean().item(), rgb, depth
 
 
-def save_preview(path: Path, test: scenes.Scene, rgb: torch.Tensor, depth: torch.Tensor | None, views: int = 4) -> None:
+def save_preview(path: Path, test: scenes.Scene, rgb: torch.Tensor, depth: torch.Tensor | None,
+                 views: int = 4) -> None:
     """PNG with one row per held-out view: target | prediction | depth (if the model has one)."""
     size = test.images.shape[-1]
     depth_column = [] if depth is None else [figures.colorize_depth(depth[:views], size)]
-    rows = torch.cat([test.images[:views], rgb[:views].clamp(0, 1), *depth_column], dim=3)  # (views, 3, H, 2W or 3W)
-    iio.imwrite(path, np.concatenate(to_uint8(rows)))                                       # rows stacked vertically
+    # (views, 3, H, 2W or 3W)
+    rows = torch.cat([test.images[:views], rgb[:views].clamp(0, 1), *depth_column], dim=3)
+    iio.imwrite(path, np.concatenate(to_uint8(rows)))                # rows stacked vertically
 
 
-def depth_images(depth: torch.Tensor | None, n: int, size: int, depth_range=None) -> torch.Tensor:
-    """Depth maps (n, 1, h, w) as viridis images (n, 3, size, size); plain grey for a model without depth."""
-    return torch.full((n, 3, size, size), 0.5) if depth is None else figures.colorize_depth(depth, size, depth_range)
+def depth_images(depth: torch.Tensor | None, n: int, size: int,
+                 depth_range=None) -> torch.Tensor:
+    """Depth maps (n, 1, h, w) as viridis images (n, 3, size, size); plain grey for a model without
+    depth."""
+    return (torch.full((n, 3, size, size), 0.5) if depth is None
+            else figures.colorize_depth(depth, size, depth_range))
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """Images (B, 3, H, W) to (B, 3, size, size), clamped to [0, 1] for display."""
     if images.shape[-1] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False)
     return images.clamp(0, 1)
 
 
@@ -129,18 +150,20 @@ def write_video(stem: Path, frames: np.ndarray) -> list[Path]:
         iio.imwrite(stem.with_suffix(".mp4"), frames, fps=VIDEO_FPS)
     except Exception as e:  # imageio raises OSError without a backend, others when one fails
         stem.with_suffix(".mp4").unlink(missing_ok=True)
-        print(f"note: no {stem.name}.mp4, imageio could not write MP4 ({type(e).__name__}); pip install imageio[ffmpeg] adds a writer")
+        print(f"note: no {stem.name}.mp4, imageio could not write MP4 ({type(e).__name__}); "
+              "pip install imageio[ffmpeg] adds a writer")
         return [stem.with_suffix(".gif")]
     return [stem.with_suffix(".gif"), stem.with_suffix(".mp4")]
 
 
 def main(argv=None) -> dict:
-    """Render the orbit (or --poses), score every test view, write the sheet; returns what metrics.json holds
-    (without the data folder: the orbit alone, and what it wrote)."""
+    """Render the orbit (or --poses), score every test view, write the sheet; returns what
+    metrics.json holds (without the data folder: the orbit alone, and what it wrote)."""
     args = parse_args(argv)
     torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
     ckpt = runs.newest_checkpoint(args.ckpt, args.run)
-    model, state = dv.load_checkpoint(ckpt, args.device, {"step": int, "seconds": float, "scene": dict})  # weights_only
+    model, state = dv.load_checkpoint(ckpt, args.device,  # weights_only
+                                      {"step": int, "seconds": float, "scene": dict})
     model.eval()
     data = Path(args.data) if args.data else runs.find_data(state["scene"]["data"], ckpt)
     if args.data and not data.is_dir():
@@ -149,29 +172,35 @@ def main(argv=None) -> dict:
     out = Path(args.out or ckpt.parent / "render")
     video = "path" if args.poses else "orbit"
     checks.check_writable(out, "metrics.json", "sheet.png", f"{video}.gif", f"{video}.mp4")
-    with runs.claimed(out):                                            # one command at a time writes there
+    with runs.claimed(out):  # one command at a time writes there
         return render_run(model, state, ckpt, data, path, out, args)
 
 
-def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None, path: torch.Tensor | None, out: Path,
-               args: argparse.Namespace) -> dict:
-    """The three outputs of main into `out`; `path`: --poses or None for the orbit; `data`: None when it is gone."""
+def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
+               path: torch.Tensor | None, out: Path, args: argparse.Namespace) -> dict:
+    """The three outputs of main into `out`; `path`: --poses or None for the orbit; `data`: None
+    when it is gone."""
     cfg, size = model.cfg, args.size or model.cfg.img_size
-    precision = dv.resolve_precision(args.device, args.precision)                 # what auto chose, for the log and metrics.json
-    print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; {data or 'no data folder'} at "
-          f"{cfg.img_size}px; device {args.device}, {precision}")
+    # what auto chose, for the log and metrics.json
+    precision = dv.resolve_precision(args.device, args.precision)
+    print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; "
+          f"{data or 'no data folder'} at {cfg.img_size}px; device {args.device}, {precision}")
 
     # 1. The orbit (or --poses), RGB | depth per frame.
     if path is None:
-        path = scenes.orbit_poses(cfg.grid_center, state["scene"]["orbit_radius"], args.frames, args.elevation)
+        path = scenes.orbit_poses(cfg.grid_center, state["scene"]["orbit_radius"], args.frames,
+                                  args.elevation)
     rgb, depth, seconds = render_views(model, path, args.device, args.precision)
-    near, far = dv.view_depth_range(path, cfg)                        # one colour scale for every frame
-    frames = torch.cat([resize(rgb, size), depth_images(depth, len(rgb), size, (near.min().item(), far.max().item()))], dim=3)
+    near, far = dv.view_depth_range(path, cfg)  # one colour scale for every frame
+    frames = torch.cat([resize(rgb, size),
+                        depth_images(depth, len(rgb), size, (near.min().item(), far.max().item()))],
+                       dim=3)
     videos = write_video(out / ("path" if args.poses else "orbit"), to_uint8(frames))
     if data is None:
-        print(f"{state['scene']['data']['absolute']}: the data folder is gone: wrote {', '.join(map(str, videos))} only "
-              f"(the metrics and sheet.png need --data)")
-        return {"checkpoint": str(ckpt), "step": state["step"], "data": None, "videos": [str(v) for v in videos]}
+        print(f"{state['scene']['data']['absolute']}: the data folder is gone: wrote "
+              f"{', '.join(map(str, videos))} only (the metrics and sheet.png need --data)")
+        return {"checkpoint": str(ckpt), "step": state["step"], "data": None,
+                "videos": [str(v) for v in videos]}
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
     train, test, layout = dataset.load_scene(data, cfg.img_size)
@@ -180,26 +209,33 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
     pred, pred_depth, test_seconds = render_views(model, test.poses, args.device, args.precision)
     nearest = scenes.nearest_view_baseline(train, test.poses)
     scores = {"psnr": dv.psnr(pred, test.images), "ssim": dv.ssim(pred, test.images),
-              "baseline_psnr": dv.psnr(nearest, test.images), "baseline_ssim": dv.ssim(nearest, test.images)}
+              "baseline_psnr": dv.psnr(nearest, test.images),
+              "baseline_ssim": dv.ssim(nearest, test.images)}
     ms = 1000 * statistics.median((seconds + test_seconds)[1:])   # the first view warms up
-    report = {"checkpoint": str(ckpt), "step": state["step"], "data": str(data), "split": split, "img_size": cfg.img_size,
-              "device": args.device, "precision": precision, "render_ms": round(ms, 2), "fps": round(1000 / ms, 1),
+    report = {"checkpoint": str(ckpt), "step": state["step"], "data": str(data), "split": split,
+              "img_size": cfg.img_size, "device": args.device, "precision": precision,
+              "render_ms": round(ms, 2), "fps": round(1000 / ms, 1),
               "mean": {k: round(v.mean().item(), 4) for k, v in scores.items()},
-              "views": [{"name": name, **{k: round(v[i].item(), 4) for k, v in scores.items()}} for i, name in enumerate(test.names)]}
+              "views": [{"name": name, **{k: round(v[i].item(), 4) for k, v in scores.items()}}
+                        for i, name in enumerate(test.names)]}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
 
-    # 3. The sheet: ground truth | prediction | depth | absolute error (mean over colours, not scaled).
+    # 3. The sheet: ground truth | prediction | depth | absolute error
+    #    (mean over colours, not scaled).
     pick = torch.linspace(0, len(test.names) - 1, min(SHEET_VIEWS, len(test.names))).round().long()
-    error = (pred[pick].clamp(0, 1) - test.images[pick]).abs().mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    error = ((pred[pick].clamp(0, 1) - test.images[pick]).abs().mean(1, keepdim=True)
+             .expand(-1, 3, -1, -1))
     rows = torch.cat([resize(test.images[pick], size), resize(pred[pick], size),
                       depth_images(pred_depth, len(pred), size)[pick], resize(error, size)], dim=3)
     iio.imwrite(out / "sheet.png", np.concatenate(to_uint8(rows)))      # rows stacked vertically
 
     print(f"{'view':>10} {'PSNR':>7} {'SSIM':>6} | {'nearest view: PSNR':>18} {'SSIM':>6}")
     for row in report["views"] + [{"name": "mean", **report["mean"]}]:
-        print(f"{row['name']:>10} {row['psnr']:7.2f} {row['ssim']:6.3f} | {row['baseline_psnr']:18.2f} {row['baseline_ssim']:6.3f}")
-    print(f"render: {ms:.1f} ms per view, {1000 / ms:.1f} fps (median of {len(seconds) + len(test_seconds) - 1} views "
-          f"after one warm-up, {cfg.img_size}px, batch 1)")
+        print(f"{row['name']:>10} {row['psnr']:7.2f} {row['ssim']:6.3f} | "
+              f"{row['baseline_psnr']:18.2f} {row['baseline_ssim']:6.3f}")
+    print(f"render: {ms:.1f} ms per view, {1000 / ms:.1f} fps (median of "
+          f"{len(seconds) + len(test_seconds) - 1} views after one warm-up, {cfg.img_size}px, "
+          "batch 1)")
     print(f"wrote {', '.join(str(p) for p in [*videos, out / 'metrics.json', out / 'sheet.png'])}")
     return report
 

@@ -25,7 +25,8 @@ LOCK = "run.lock"
 
 
 def process_start(pid: int) -> str:
-    """When process pid started (Linux: field 22 of /proc/<pid>/stat), or "" where that is unknown."""
+    """When process pid started (Linux: field 22 of /proc/<pid>/stat), or "" where that is
+    unknown."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -34,7 +35,7 @@ def process_start(pid: int) -> str:
 
 def is_running(pid: int, started: str) -> bool:
     """Whether the process that wrote a lock (pid, its start time or "") still runs."""
-    if os.name == "nt":               # os.kill(pid, 0) sends Ctrl-C there: never guess a run is gone
+    if os.name == "nt":  # os.kill(pid, 0) sends Ctrl-C there: never guess a run is gone
         return True
     try:
         os.kill(pid, 0)               # signal 0: only asks whether the process exists
@@ -60,7 +61,8 @@ def lock_holder(folder: Path) -> int | None:
 
 
 def try_lock(folder: Path) -> int | None:
-    """Take folder's lock (making the folder); None when taken, else the live holder's process id."""
+    """Take folder's lock (making the folder); None when taken, else the live holder's process
+    id."""
     me = f"{os.getpid()} {process_start(os.getpid())}"
     for _ in range(2):                # the second try after clearing a stale lock
         try:
@@ -72,7 +74,8 @@ def try_lock(folder: Path) -> int | None:
             (folder / LOCK).unlink(missing_ok=True)      # left by a process that is gone
             continue
         except OSError as e:
-            raise DataError(f"{folder}: cannot write the output folder ({e.strerror or e})") from None
+            raise DataError(f"{folder}: cannot write the output folder "
+                            f"({e.strerror or e})") from None
         with os.fdopen(fd, "w") as f:
             f.write(me + "\n")
         return None
@@ -80,12 +83,14 @@ def try_lock(folder: Path) -> int | None:
 
 
 def in_use(folder: Path, pid: int) -> DataError:
-    return DataError(f"{folder}: in use by process {pid} (a run, a render or an ablation); wait for it, "
-                     f"or choose another --out (if no such process runs, delete {folder / LOCK})")
+    return DataError(f"{folder}: in use by process {pid} (a run, a render or an ablation); "
+                     f"wait for it, or choose another --out (if no such process runs, delete "
+                     f"{folder / LOCK})")
 
 
 def holds_run(folder: Path) -> bool:
-    """Whether a folder holds a checkpoint, or a folder in it does (an ablation's softmax/ and naive/)."""
+    """Whether a folder holds a checkpoint, or a folder in it does (an ablation's softmax/ and
+    naive/)."""
     return (folder / CHECKPOINT).exists() or any(folder.glob(f"*/{CHECKPOINT}"))
 
 
@@ -93,7 +98,8 @@ def holds_run(folder: Path) -> bool:
 def claimed(folder: Path, new: bool = False):
     """Hold folder's lock for the block and yield the folder. With new: the first of folder,
     folder-2, folder-3, ... that holds no checkpoint and no live command."""
-    candidates = (folder.with_name(f"{folder.name}-{i}") if i > 1 else folder for i in itertools.count(1))
+    candidates = (folder.with_name(f"{folder.name}-{i}") if i > 1 else folder
+                  for i in itertools.count(1))
     for candidate in candidates if new else [folder]:
         if new and holds_run(candidate):
             continue
