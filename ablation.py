@@ -16,14 +16,14 @@ view's. Surfaces on the far side of the objects are then never seen in training.
 
 --holdout sparse keeps every surface seen and the held-out cameras still far: both models train on
 --views training views as far apart as they can be (by viewing direction) and are tested on the
-scene's test split, whose views lie between them. Either split is written to <out>/scene.
+scene's held-out views, which lie between them. Either split is written to <out>/scene in the
+DeepVoxels layout at the model's image size, from a scene in any of the five layouts.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -43,72 +43,76 @@ import synthetic
 import train as trainer
 
 
-def read_views(data: Path,
-               splits: tuple[str, ...]) -> tuple[list[tuple[str, Path]], np.ndarray]:
-    """The (split, pose file) of every view of data/<split> for the given splits, and their
-    (V, 4, 4) poses; all splits must share one camera."""
-    camera = checks.read_intrinsics(data / "train" / "intrinsics.txt")
-    views = []
-    for split in splits:
-        if (data / split / "pose").is_dir():
-            if checks.read_intrinsics(data / split / "intrinsics.txt") != camera:
-                raise dv.DataError(f"{data / split / 'intrinsics.txt'}: differs from "
-                                   f"{data / 'train' / 'intrinsics.txt'}; "
-                                   "--holdout half and sparse need one camera for all views")
-            views += [(split, f) for f in sorted((data / split / "pose").glob("*.txt"))]
-    return views, (np.stack([checks.read_pose(f) for _, f in views]) if views
-                   else np.zeros((0, 4, 4)))
+def all_views(data: Path, sizes: dv.Config) -> tuple[dict[str, scenes.Scene], dv.Config]:
+    """The views of a scene in any layout at sizes.img_size, by where they came from ({"train":
+    Scene, "test": Scene} or {"train": Scene}), and its Config with the grid placed."""
+    train, held_out, cfg, _ = dataset.open_scene(data, sizes)
+    return {"train": train, **({"test": held_out} if held_out is not None else {})}, cfg
 
 
-def write_views(data: Path, dest: Path, halves: dict[str, list[tuple[str, Path]]]) -> Path:
-    """Copy the views of each entry of halves ({"train": views, "test": views}) to dest/<entry>,
-    the file names prefixed by the split they came from; returns dest."""
+def write_views(dest: Path, halves: dict[str, list[tuple[str, scenes.Scene, int]]],
+                cfg: dv.Config) -> Path:
+    """Write each entry of halves ({"train": views, "test": views}, a view being (the split it came
+    from, its Scene, its index there)) as dest/<entry> in the DeepVoxels layout, at the scene's
+    image size, with cfg's camera and grid; file names carry the split they came from. Returns
+    dest."""
+    if cfg.focal_y and cfg.focal_y != cfg.focal:
+        raise dv.DataError(f"{dest}: --holdout half and sparse write the DeepVoxels layout, which "
+                           f"has one focal length, and this camera has two ({cfg.focal:g}, "
+                           f"{cfg.focal_y:g})")
     shutil.rmtree(dest, ignore_errors=True)
     for half, views in halves.items():
         (dest / half / "rgb").mkdir(parents=True)
         (dest / half / "pose").mkdir()
-        shutil.copy(data / "train" / "intrinsics.txt", dest / half / "intrinsics.txt")
-        for split, pose_file in views:
-            images = list((data / split / "rgb").glob(pose_file.stem + ".*"))
-            if images:
-                shutil.copy(images[0], dest / half / "rgb" / f"{split}{images[0].name}")
-                shutil.copy(pose_file, dest / half / "pose" / f"{split}{pose_file.name}")
+        size = cfg.img_size
+        (dest / half / "intrinsics.txt").write_text(
+            f"{cfg.focal} {cfg.cx} {cfg.cy} 0.\n{' '.join(map(str, cfg.grid_center))}\n{cfg.near}\n"
+            f"{cfg.grid_scale}\n{size} {size}\n")
+        for split, scene, k in views:
+            name = f"{split}{scene.names[k]}"
+            image = (scene.images[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            iio.imwrite(dest / half / "rgb" / f"{name}.png", image)
+            np.savetxt(dest / half / "pose" / f"{name}.txt", scene.poses[k].double().numpy(),
+                       fmt="%.10f")
     return dest
 
 
-def split_by_azimuth(data: Path, dest: Path, margin: float) -> Path:
-    """Write the views of data/{train,test} whose camera azimuth around the grid centre is in
-    [0, 180) degrees as dest/train, and those of the other half whose viewing direction is at
-    least `margin` degrees from every training view's as dest/test; returns dest."""
-    views, poses = read_views(data, ("train", "test"))
-    center = (checks.read_intrinsics(data / "train" / "intrinsics.txt").grid_center
-              or (0.0, 0.0, 0.0))
-    eyes = poses[:, :3, 3] - np.array(center)
+def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dv.Config) -> Path:
+    """Write the views of a scene (training and held-out together) whose camera azimuth around the
+    grid centre is in [0, 180) degrees as dest/train, and those of the other half whose viewing
+    direction is at least `margin` degrees from every training view's as dest/test; returns dest."""
+    by_split, cfg = all_views(data, sizes)
+    views = [(split, scene, k) for split, scene in by_split.items()
+             for k in range(len(scene.names))]
+    poses = torch.cat([scene.poses for scene in by_split.values()]).double().numpy()
+    eyes = poses[:, :3, 3] - np.array(cfg.grid_center)
     first_half = np.degrees(np.arctan2(eyes[:, 1], eyes[:, 0])) % 360 < 180
     directions = poses[:, :3, 2]
     closest = np.degrees(np.arccos(np.clip(directions @ directions[first_half].T,
                                            -1, 1))).min(axis=1)
     held_out = ~first_half & (closest >= margin)
-    return write_views(data, dest, {"train": [v for v, keep in zip(views, first_half) if keep],
-                                    "test": [v for v, keep in zip(views, held_out) if keep]})
+    return write_views(dest, {"train": [v for v, keep in zip(views, first_half) if keep],
+                              "test": [v for v, keep in zip(views, held_out) if keep]}, cfg)
 
 
-def split_sparse(data: Path, dest: Path, n_views: int) -> Path:
-    """Write n_views of data/train as dest/train, chosen far apart: each next one the view whose
-    direction is farthest from those already chosen (starting from the first); data/test as
-    dest/test; returns dest."""
-    views, poses = read_views(data, ("train",))
-    tests, _ = read_views(data, ("test",))
-    if not tests:
-        raise dv.DataError(f"{data / 'test'}: --holdout sparse tests on the scene's test split, "
-                           "which is missing")
-    directions = poses[:, :3, 2]
+def split_sparse(data: Path, dest: Path, n_views: int, sizes: dv.Config) -> Path:
+    """Write n_views of a scene's training views as dest/train, chosen far apart: each next one the
+    view whose direction is farthest from those already chosen (starting from the first); its
+    held-out views as dest/test; returns dest."""
+    by_split, cfg = all_views(data, sizes)
+    if "test" not in by_split:
+        raise dv.DataError(f"{data}: --holdout sparse tests on the scene's held-out views, and it "
+                           "has none")
+    train = by_split["train"]
+    directions = train.poses[:, :3, 2].double().numpy()
     # cosine to the closest chosen view
     chosen, nearest_cosine = [0], directions @ directions[0]
-    while len(chosen) < min(n_views, len(views)):
+    while len(chosen) < min(n_views, len(train.names)):
         chosen.append(int(np.argmin(nearest_cosine)))
         nearest_cosine = np.maximum(nearest_cosine, directions @ directions[chosen[-1]])
-    return write_views(data, dest, {"train": [views[k] for k in sorted(chosen)], "test": tests})
+    test = by_split["test"]
+    return write_views(dest, {"train": [("train", train, k) for k in sorted(chosen)],
+                              "test": [("test", test, k) for k in range(len(test.names))]}, cfg)
 
 
 def angle_to_training(train: scenes.Scene, held_out: scenes.Scene) -> torch.Tensor:
@@ -151,7 +155,7 @@ def main(argv=None) -> None:
                          ("margin", (">=", 0), ("<", 180)), ("views", (">=", 2))):
         checks.check_number(f"--{name}", "the value", getattr(args, name), *rules)
     # train.py's flags, checked before any work
-    run, _, _ = trainer.parse_args(["--data", args.data, *train_flags])
+    run, sizes, _ = trainer.parse_args(["--data", args.data, *train_flags])
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
     if args.out and runs.holds_run(out) and not (args.compare_only or run.resume or run.overwrite):
@@ -165,19 +169,19 @@ def main(argv=None) -> None:
         if folder != out:
             print(f"ablation folder {folder}: {out} holds another ablation "
                   "(--out chooses the folder)")
-        compare(args, train_flags, folder)
+        compare(args, train_flags, folder, sizes)
 
 
-def compare(args: argparse.Namespace, train_flags: list[str], out: Path) -> None:
+def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: dv.Config) -> None:
     """Train both models into out/softmax and out/naive (unless --compare_only), then compare
-    them."""
+    them; `sizes`: the model sizes of train.py's flags (a hold-out is written at their img_size)."""
     if line := synthetic.generating(args.data):
         print(line)
     synthetic.find_scene(args.data)
     if args.holdout == "half":
-        args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin))
+        args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin, sizes))
     if args.holdout == "sparse":
-        args.data = str(split_sparse(Path(args.data), out / "scene", args.views))
+        args.data = str(split_sparse(Path(args.data), out / "scene", args.views, sizes))
     kinds = ("softmax", "naive")
     if not args.compare_only:
         for kind in kinds:
@@ -197,7 +201,7 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path) -> None
         histories[kind] = state["history"]
         train_psnr, _, _ = render.evaluate(model, train_views, "cpu", "fp32")
         test_psnr, test_rgb, depth = render.evaluate(model, test, "cpu", "fp32")
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = dv.parameter_count(model)
         print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | "
               f"{train_psnr:.2f} | {test_psnr:.2f} | {train_psnr - test_psnr:.2f} |")
         columns.append(test_rgb.clamp(0, 1))
@@ -242,9 +246,4 @@ def plot_curves(path: Path, histories: dict[str, list[dict]], baseline: float) -
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except dv.DataError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # train.main saved the checkpoint first
-        sys.exit(130)
+    checks.run_command(main)

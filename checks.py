@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,17 @@ def check_pose(where: str | Path, pose: np.ndarray) -> np.ndarray:
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # Flags, devices and output folders
 # ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def run_command(main) -> None:
+    """A script's entry point: bad input ends it with one line on stderr and exit status 1, an
+    interrupt (after whatever main saved first) with exit status 130, never a traceback."""
+    try:
+        main()
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the scripts, but a misspelt or mistyped flag is one DataError line, not a

@@ -65,7 +65,7 @@ class Config:
                 "to save time or memory"})
     unet_width: int = field(default=32, metadata={
         "help": "base width of the 2D feature-extraction and rendering U-Nets"})
-    occlusion_width: int = field(default=8, metadata={
+    occlusion_width: int = field(default=4, metadata={
         "help": "base width of the occlusion network's 3D U-Net"})
     occlusion: str = field(default="softmax", metadata={
         "help": "softmax: the paper's visibility softmax over depth; naive: its Fig. 5 ablation "
@@ -572,6 +572,11 @@ class DeepVoxels(nn.Module):
         normalises with these poses' own statistics and updates its running statistics from them.
         """
         return self.render_grid(self.grid, poses)
+
+
+def parameter_count(module: nn.Module) -> int:
+    """The trainable numbers of a network (the grid is a buffer, not one of them)."""
+    return sum(p.numel() for p in module.parameters())
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────

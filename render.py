@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -69,46 +68,45 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_poses(folder: Path) -> torch.Tensor:
-    """(V, 4, 4) camera-to-world poses from the .txt files of a folder, in name order."""
+    """(V, 4, 4) camera-to-world poses from the .txt files of a folder, in name order; inverted when
+    the intrinsics.txt beside the folder (a DeepVoxels split's) says they are world-to-camera."""
     files = sorted(folder.glob("*.txt"))
     if not files:
         raise dv.DataError(f"{folder}: no pose .txt files found" if folder.is_dir()
                            else f"{folder}: no such poses folder")
-    return torch.from_numpy(np.stack([checks.read_pose(f) for f in files])).float()
+    poses = np.stack([checks.read_pose(f) for f in files])
+    beside = folder.parent / "intrinsics.txt"
+    if beside.is_file() and checks.read_intrinsics(beside).world2cam:
+        poses = np.linalg.inv(poses)
+    return torch.from_numpy(poses).float()
 
 
-def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str,
-                 precision: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Render poses (V, 4, 4) one at a time from the grid: rgb (V, 3, H, W), depth (V, 1, h, w) or
-    None, seconds per view."""
+def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str,
+                 batch: int = 1) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
+    """Render poses (V, 4, 4) from the persistent grid alone, `batch` views at a time, in eval mode
+    (the model's mode is restored after): rgb (V, 3, H, W), depth (V, 1, h, w) or None (the naive
+    occlusion), and the seconds each view took (its batch's time over the batch's size)."""
+    was_training = model.training
+    model.eval()
     rgbs, depths, seconds = [], [], []
     with torch.no_grad(), dv.mixed_precision(device, precision):
-        # (1, C, N, N, N), once: it depends on no view
-        inpainted = model.inpainting(model.grid)
-        for pose in poses:
+        inpainted = model.inpainting(model.grid)      # (1, C, N, N, N), once: it depends on no view
+        for chunk in poses.split(batch):
             start = time.perf_counter()
-            out = model.render_inpainted(inpainted, pose[None].to(device))
-            rgbs.append(out["rgb"].float().cpu())  # .cpu() waits for a GPU to finish
-            seconds.append(time.perf_counter() - start)
+            out = model.render_inpainted(inpainted, chunk.to(device))
+            rgbs.append(out["rgb"].float().cpu())      # .cpu() waits for a GPU to finish
+            seconds += [(time.perf_counter() - start) / len(chunk)] * len(chunk)
             depths.append(out["depth"])
-    # None: the naive-occlusion ablation
+    model.train(was_training)
     depth = None if depths[0] is None else torch.cat(depths).float().cpu()
     return torch.cat(rgbs), depth, seconds
 
 
 def evaluate(model: dv.DeepVoxels, scene: scenes.Scene, device: str,
              precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
-    """Mean PSNR of a scene's views rendered from the grid alone in eval mode (the mode is restored
-    after), with the renders (V, 3, H, W) and depth maps (V, 1, h, w), None for the naive
-    occlusion; eight views at a time."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), dv.mixed_precision(device, precision):
-        outs = [model.render(poses.to(device)) for poses in scene.poses.split(8)]
-    model.train(was_training)
-    rgb = torch.cat([o["rgb"] for o in outs]).float().cpu()
-    depth = (None if outs[0]["depth"] is None
-             else torch.cat([o["depth"] for o in outs]).float().cpu())
+    """Mean PSNR of a scene's views rendered from the grid alone (render_views, eight at a time),
+    with the renders (V, 3, H, W) and depth maps (V, 1, h, w) or None."""
+    rgb, depth, _ = render_views(model, scene.poses, device, precision, batch=8)
     return dv.psnr(rgb, scene.images).mean().item(), rgb, depth
 
 
@@ -241,7 +239,4 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except dv.DataError as e:
-        sys.exit(f"error: {e}")
+    checks.run_command(main)

@@ -60,7 +60,7 @@ class SyntheticScene:
 
 
 SCENES = {
-    # One cube of side 1 at the origin, 4 x 4 cells per face: about two thirds of the frame.
+    # One cube of side 1 at the origin, 4 x 4 cells per face: 75 % of the frame's side.
     "cube": SyntheticScene((Box((0.0, 0.0, 0.0), 1.0),), radius=2.5, grid_scale=1.25),
     # The occlusion ablation's scene: two half-size cubes that hide each other from many directions.
     "two_cubes": SyntheticScene((Box((-0.3, -0.15, 0.0), 0.5),

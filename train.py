@@ -1,7 +1,8 @@
 """Train DeepVoxels on one scene:  python train.py --data ./cube
 
 Each step, as the authors did: target 1 is a random training view, the source one of its four
-nearest neighbours by viewing direction (never itself), target 2 another random view; the source
+nearest neighbours by viewing direction (never itself), target 2 any random view (it may be
+target 1 or the source again); the source
 is fused into the grid, both targets are rendered, the loss is --l1_weight x L1 + --gan_weight x
 the PatchGAN term (the authors: 200 and 1; here L1 alone)."""
 
@@ -338,7 +339,7 @@ def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = F
         print(note)
     watch = scenes.spread_views(train, 8)  # training views scored beside the held-out ones
     print(f"{len(train.names)} training views, {len(held_out.names) if held_out else 'no'} test "
-          f"views at {cfg.img_size}px; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+          f"views at {cfg.img_size}px; {dv.parameter_count(model) / 1e6:.2f}M "
           f"parameters; grid {cfg.grid_size}^3 x {cfg.channels} centred at {cfg.grid_center}, "
           f"side {cfg.grid_scale:.3g}; device {run.device}, "
           f"{dv.resolve_precision(run.device, run.precision)}")
@@ -348,7 +349,8 @@ def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = F
         coarse_images = F.interpolate(images, size=coarse.img_size, mode="area")  # (V, 3, H/2, W/2)
         print(f"the first {run.coarse:.0%} of the run at {coarse.img_size}px, "
               f"{coarse.feat_size} x {coarse.feat_size} feature maps, "
-              f"{coarse.depth_planes} depth planes (--coarse)")
+              f"{coarse.depth_planes} depth planes (--coarse); the held-out PSNR, rendered at "
+              f"{cfg.img_size}px, rises once the run is at that size")
     budget = run.minutes * 60 if run.minutes > 0 else math.inf
     next_eval = (progress["seconds"] // run.eval_every + 1) * run.eval_every
     last_log, last_log_step, start = (time.perf_counter(), progress["step"],
@@ -407,9 +409,4 @@ def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = F
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except dv.DataError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    checks.run_command(main)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -239,10 +238,9 @@ def architecture(model: dv.DeepVoxels, targets: int = 2) -> dict:
     arrows = [{"from": a, "to": b, "name": name, "letters": letters, "key": key,
                "shape": list(out[key].shape)}
               for a, b, name, letters, key in ARROWS]
-    parameters = {block: sum(p.numel() for p in getattr(model, module).parameters())
+    parameters = {block: dv.parameter_count(getattr(model, module))
                   for block, (_, _, _, module) in BLOCKS.items() if module}
-    return {"arrows": arrows,
-            "parameters": {**parameters, "total": sum(p.numel() for p in model.parameters())}}
+    return {"arrows": arrows, "parameters": {**parameters, "total": dv.parameter_count(model)}}
 
 
 def draw_architecture(model: dv.DeepVoxels, path: Path) -> dict:
@@ -310,7 +308,4 @@ def main(argv=None) -> Viewer | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except dv.DataError as e:
-        sys.exit(f"error: {e}")
+    checks.run_command(main)
