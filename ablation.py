@@ -36,16 +36,17 @@ import checks
 import dataset
 import deepvoxels as dv
 import figures
-import render
 import runs
 import scenes
+import settings
 import synthetic
-import train as trainer
+import train as trainer  # the command train.py, run once per model
 
 
-def all_views(data: Path, sizes: dv.Config) -> tuple[dict[str, scenes.Scene], dv.Config]:
-    """The views of a scene in any layout at sizes.img_size, by where they came from ({"train":
-    Scene, "test": Scene} or {"train": Scene}), and its Config with the grid placed."""
+def all_views(data: Path, sizes: dict) -> tuple[dict[str, scenes.Scene], dv.Config]:
+    """The views of a scene in any layout at the model's image size (sizes: settings' flags), by
+    where they came from ({"train": Scene, "test": Scene} or {"train": Scene}), and its Config
+    with the grid placed."""
     train, held_out, cfg, _ = dataset.open_scene(data, sizes)
     return {"train": train, **({"test": held_out} if held_out is not None else {})}, cfg
 
@@ -77,7 +78,7 @@ def write_views(dest: Path, halves: dict[str, list[tuple[str, scenes.Scene, int]
     return dest
 
 
-def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dv.Config) -> Path:
+def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dict) -> Path:
     """Write the views of a scene (training and held-out together) whose camera azimuth around the
     grid centre is in [0, 180) degrees as dest/train, and those of the other half whose viewing
     direction is at least `margin` degrees from every training view's as dest/test; returns dest."""
@@ -95,7 +96,7 @@ def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dv.Config) ->
                               "test": [v for v, keep in zip(views, held_out) if keep]}, cfg)
 
 
-def split_sparse(data: Path, dest: Path, n_views: int, sizes: dv.Config) -> Path:
+def split_sparse(data: Path, dest: Path, n_views: int, sizes: dict) -> Path:
     """Write n_views of a scene's training views as dest/train, chosen far apart: each next one the
     view whose direction is farthest from those already chosen (starting from the first); its
     held-out views as dest/test; returns dest."""
@@ -155,7 +156,7 @@ def main(argv=None) -> None:
                          ("margin", (">=", 0), ("<", 180)), ("views", (">=", 2))):
         checks.check_number(f"--{name}", "the value", getattr(args, name), *rules)
     # train.py's flags, checked before any work
-    run, sizes, _ = trainer.parse_args(["--data", args.data, *train_flags])
+    run, sizes = settings.parse_args(["--data", args.data, *train_flags])
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
     out = Path(args.out or Path("runs") / f"ablation-{Path(args.data).resolve().name}{suffix}")
     if args.out and runs.holds_run(out) and not (args.compare_only or run.resume or run.overwrite):
@@ -172,7 +173,7 @@ def main(argv=None) -> None:
         compare(args, train_flags, folder, sizes)
 
 
-def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: dv.Config) -> None:
+def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: dict) -> None:
     """Train both models into out/softmax and out/naive (unless --compare_only), then compare
     them; `sizes`: the model sizes of train.py's flags (a hold-out is written at their img_size)."""
     if line := synthetic.generating(args.data):
@@ -186,8 +187,9 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: 
     if not args.compare_only:
         for kind in kinds:
             print(f"── training the {kind} model ──", flush=True)
-            trainer.main(["--data", args.data, "--out", str(out / kind), "--iters", str(args.iters),
-                          "--minutes", str(args.minutes), "--occlusion", kind, *train_flags])
+            trainer.main(["--data", args.data, "--out", str(out / kind), "--iters",
+                          str(args.iters), "--minutes", str(args.minutes), "--occlusion", kind,
+                          *train_flags])
 
     models = {kind: dv.load_checkpoint(out / kind / "ckpt.pt") for kind in kinds}
     # both share the sizes
@@ -199,8 +201,8 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: 
     columns, histories = [], {}
     for kind, (model, state) in models.items():
         histories[kind] = state["history"]
-        train_psnr, _, _ = render.evaluate(model, train_views, "cpu", "fp32")
-        test_psnr, test_rgb, depth = render.evaluate(model, test, "cpu", "fp32")
+        train_psnr, _, _ = figures.evaluate(model, train_views, "cpu", "fp32")
+        test_psnr, test_rgb, depth = figures.evaluate(model, test, "cpu", "fp32")
         n_params = dv.parameter_count(model)
         print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | "
               f"{train_psnr:.2f} | {test_psnr:.2f} | {train_psnr - test_psnr:.2f} |")

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import checks
 import deepvoxels as dv
 import scenes
-import train
+import settings
 
 
 def median_ms(fn, device: str, repeats: int) -> float:
@@ -65,15 +65,14 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int,
         return torch.randn(*shape, device=device, requires_grad=True)
 
     features, grid, flat = leaf(1, C, h, h), leaf(1, C, n, n, n), leaf(2, C, h, h)
-    volume, depths = dv.project(grid.detach().expand(2, -1, -1, -1, -1), targets, model.K_feat, cfg)
+    volume, depths = dv.project(grid.detach().expand(2, -1, -1, -1, -1), targets, cfg)
     volume = volume.detach().requires_grad_()
     stages = {
         "2. feature extraction": lambda: model.encoder(image),
-        "3. lifting": lambda: dv.lift(features, source, model.K_feat, cfg)[0],
+        "3. lifting": lambda: dv.lift(features, source, cfg)[0],
         "4. GRU integration": lambda: model.gru(grid, grid.detach())[0],
         "5. 3D inpainting": lambda: model.inpainting(grid),
-        "6. projection": lambda: dv.project(grid.expand(2, -1, -1, -1, -1), targets,
-                                            model.K_feat, cfg)[0],
+        "6. projection": lambda: dv.project(grid.expand(2, -1, -1, -1, -1), targets, cfg)[0],
         "7. occlusion": lambda: model.occlusion(volume, depths)[0],
         "8. rendering": lambda: model.renderer(flat),
         "whole step (with Adam)": None,
@@ -142,10 +141,11 @@ def main(argv=None) -> None:
     run_flags, rest = parser.parse_known_args(argv)
     checks.check_number("--repeats", "the value", run_flags.repeats, (">=", 1))
     checks.check_device(run_flags.device)
-    _, sizes, _ = train.parse_args(rest)  # the model-size flags of train.py
+    _, sizes = settings.parse_args(rest)  # the model-size flags of train.py
     torch.set_flush_denormal(True)
-    cfg = dv.Config(**{**sizes.__dict__, "focal": 1.25 * sizes.img_size, "cx": sizes.img_size / 2,
-                       "cy": sizes.img_size / 2, "grid_scale": 1.25})
+    size = sizes["img_size"]  # feature maps: --feat_size, else Config's (train.py asks the scene)
+    cfg = dv.Config(**{**sizes, "feat_size": sizes["feat_size"] or dv.Config.feat_size,
+                       "focal": 1.25 * size, "cx": size / 2, "cy": size / 2, "grid_scale": 1.25})
     fp32 = stage_timings(cfg, run_flags.device, "fp32", run_flags.repeats,
                          run_flags.profile == "fp32")
     if dv.resolve_precision(run_flags.device) == "bf16":  # where train.py's auto would use it

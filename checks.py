@@ -34,9 +34,14 @@ class Intrinsics:
     focal_y: float = 0.0        # fy in pixels; 0 means fy = fx
     world2cam: bool = False     # intrinsics.txt's 6th line: the pose files hold world-to-camera
 
+    @property
+    def fy(self) -> float:
+        """fy in pixels."""
+        return self.focal_y or self.focal
+
     def matrix(self) -> torch.Tensor:
         """The 3x3 pinhole matrix K."""
-        return intrinsics_matrix(self.focal, self.cx, self.cy, focal_y=self.focal_y)
+        return intrinsics_matrix(self.focal, self.fy, self.cx, self.cy)
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -68,7 +73,7 @@ def check_intrinsics(where: str | Path, intr: Intrinsics) -> Intrinsics:
     sizes >= 1, and a finite grid placement and near plane where the files give them. Every
     reader's camera passes here."""
     check_number(where, "the focal length fx", intr.focal, (">", 0))
-    check_number(where, "the focal length fy", intr.focal_y or intr.focal, (">", 0))
+    check_number(where, "the focal length fy", intr.fy, (">", 0))
     check_number(where, "the principal point cx", intr.cx)
     check_number(where, "the principal point cy", intr.cy)
     check_number(where, "the near plane", intr.near, (">=", 0))
@@ -86,7 +91,7 @@ def check_same_camera(train: Intrinsics, test: Intrinsics, where: Path) -> None:
     renders with one."""
 
     def describe(i: Intrinsics) -> str:
-        return f"fx {i.focal:.4g}, fy {i.focal_y or i.focal:.4g}, cx {i.cx:.4g}, cy {i.cy:.4g}"
+        return f"fx {i.focal:.4g}, fy {i.fy:.4g}, cx {i.cx:.4g}, cy {i.cy:.4g}"
     if (train.matrix() - test.matrix()).abs().max() > 1e-3 * train.focal:
         raise DataError(f"{where}: the held-out camera ({describe(test)} at the model's size) "
                         f"differs from the training camera ({describe(train)}); DeepVoxels renders "

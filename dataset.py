@@ -79,21 +79,22 @@ def describe(root: str | Path, train: Scene, test: Scene | None, layout: str) ->
     return said
 
 
-def open_scene(data: str | Path, sizes: Config, grid_center=None, grid_scale=None,
-               feat_from_scene: bool = False) -> tuple[Scene, Scene | None, Config, list[str]]:
+def open_scene(data: str | Path, sizes: dict, grid_center=None,
+               grid_scale=None) -> tuple[Scene, Scene | None, Config, list[str]]:
     """A training run's scene: its training views (at least 2: a source and another target), its
-    held-out views or None, the Config with the grid placed (scene_config: the flags, else the
-    files, else the cameras) and with feature maps sized by feature_size when `feat_from_scene`
-    (--feat_size not given), and the lines to print: what was found (describe), the feature maps
-    chosen, the grid check's warning."""
+    held-out views or None, the Config built from the model's sizes ({name: value}, feat_size 0:
+    chosen by feature_size) with the grid placed (scene_config: the flags, else the files, else
+    the cameras), and the lines to print: what was found (describe), the feature maps chosen, the
+    grid check's warning."""
     root = find_scene(data)
-    train, held_out, layout = load_scene(root, sizes.img_size)
+    train, held_out, layout = load_scene(root, sizes["img_size"])
     said = describe(root, train, held_out, layout)
     if len(train.names) < 2:
         raise DataError(f"{data}: training needs at least 2 views (a source and another target), "
                         f"found {len(train.names)}")
-    if feat_from_scene:
-        sizes, chosen = feature_size(train, sizes)
+    if not sizes["feat_size"]:
+        feat_size, chosen = feature_size(train, sizes["img_size"])
+        sizes = {**sizes, "feat_size": feat_size}
         said.append(chosen)
     cfg = scene_config(train, sizes, grid_center, grid_scale)
     if warning := grid_warning(train, cfg):

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,35 +49,22 @@ class DataError(Exception):
 
 @dataclass
 class Config:
-    """Model sizes and the scene's geometry; saved in every checkpoint."""
+    """Model sizes and the scene's camera and grid: values only (train.py's flags say what each is
+    for); saved in every checkpoint."""
 
-    img_size: int = field(default=64, metadata={"help": "H = W of the images the model renders"})
-    feat_size: int = field(default=32, metadata={
-        "help": "h = w of the 2D feature maps used for lifting and projection (default: 32; "
-                "train.py: decided by the object's share of the frame, grid_check.feature_size)"})
-    grid_size: int = field(default=16, metadata={
-        "help": "N voxels per grid side (the authors: 32); the GRU and inpainting cost grows "
-                "as N^3"})
-    channels: int = field(default=16, metadata={"help": "C features per voxel (the authors: 64)"})
-    depth_planes: int = field(default=32, metadata={
-        "help": "D depth planes of the canonical view volume (the authors: 2N); the occlusion "
-                "network, the largest part of a step, grows with D x feat_size^2: lower it first "
-                "to save time or memory"})
-    unet_width: int = field(default=32, metadata={
-        "help": "base width of the 2D feature-extraction and rendering U-Nets"})
-    occlusion_width: int = field(default=4, metadata={
-        "help": "base width of the occlusion network's 3D U-Net"})
-    occlusion: str = field(default="softmax", metadata={
-        "help": "softmax: the paper's visibility softmax over depth; naive: its Fig. 5 ablation "
-                "(depth flattened into channels, reduced by 2D convs)",
-        "choices": ("softmax", "naive")})
-    gru_dropout: float = field(default=0.2, metadata={
-        "help": "channel dropout on the two terms of the GRU proposal S, W_s X and U_s (R∘H) "
-                "(the authors: 0.2)"})
-    # The scene: where the grid sits and the camera intrinsics at img_size (filled from the data).
+    img_size: int = 64          # H = W of the images the model renders
+    feat_size: int = 32         # h = w of the 2D feature maps used for lifting and projection
+    grid_size: int = 16         # N voxels per grid side (the authors: 32)
+    channels: int = 16          # C features per voxel (the authors: 64)
+    depth_planes: int = 32      # D depth planes of the canonical view volume (the authors: 2N)
+    unet_width: int = 32        # base width of the 2D U-Nets (feature extraction, rendering)
+    occlusion_width: int = 4    # base width of the occlusion network's 3D U-Net
+    occlusion: str = "softmax"  # the paper's visibility softmax, or "naive": its Fig. 5 ablation
+    gru_dropout: float = 0.2    # channel dropout on the GRU proposal's two terms (the authors: 0.2)
+    # The scene: where the grid sits and the camera at img_size (filled from the data).
     grid_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
     grid_scale: float = 1.0
-    near: float = 0.0  # near plane of the view volume; 0 means "from the grid's bounding sphere"
+    near: float = 0.0     # near plane of the view volume; 0 means "from the grid's bounding sphere"
     focal: float = 64.0   # fx in pixels
     focal_y: float = 0.0  # fy in pixels; 0 means fy = fx
     cx: float = 32.0
@@ -111,18 +98,23 @@ class Config:
         if any(bad for bad, _ in problems):
             raise DataError("sizes: " + "; ".join(message for bad, message in problems if bad))
 
+    def intrinsics(self, size: int) -> torch.Tensor:
+        """K of the camera for images (or feature maps) of side `size`: resizing by s scales fx,
+        fy, cx and cy by exactly s (the pixel convention below)."""
+        fy = self.focal_y or self.focal
+        return intrinsics_matrix(self.focal, fy, self.cx, self.cy, size / self.img_size)
+
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # 1. Cameras (paper Sec. 3, "projection" and "lifting" both use the pinhole model)
 #    x_cam = R^T (x_world - t) for a camera-to-world pose [R | t]; u = fx x/z + cx, v = fy y/z + cy
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-def intrinsics_matrix(focal: float, cx: float, cy: float, scale: float = 1.0,
-                      focal_y: float = 0.0) -> torch.Tensor:
-    """3x3 pinhole matrix K (fx = focal, fy = focal_y or focal), optionally for an image resized
-    by `scale`."""
-    return torch.tensor([[focal * scale, 0.0, cx * scale],
-                         [0.0, (focal_y or focal) * scale, cy * scale],
+def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float,
+                      scale: float = 1.0) -> torch.Tensor:
+    """3x3 pinhole matrix K, optionally for an image resized by `scale`."""
+    return torch.tensor([[fx * scale, 0.0, cx * scale],
+                         [0.0, fy * scale, cy * scale],
                          [0.0, 0.0, 1.0]])
 
 
@@ -261,7 +253,7 @@ class FeatureExtractor(nn.Module):
 #    feature map and sampled bilinearly, so every voxel along a ray receives the same feature.
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor,
+def lift(features: torch.Tensor, cam2world: torch.Tensor,
          cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Lift feature maps (B, C, h, w) seen from poses (B, 4, 4) into the grid.
 
@@ -274,6 +266,7 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor,
     B, _, h, w = features.shape
     centers = voxel_centers(cfg).to(features.device).expand(B, -1, -1, -1, -1)   # (B, N, N, N, 3)
     # (B, N, N, N, 2), (B, N, N, N)
+    K_feat = cfg.intrinsics(w).to(features.device)                # the camera at the maps' size
     uv, z = camera_to_pixel(world_to_camera(centers, cam2world), K_feat)
     inside = ((z > 1e-6) & (uv[..., 0] >= 0) & (uv[..., 0] <= w)
               & (uv[..., 1] >= 0) & (uv[..., 1] <= h))
@@ -350,7 +343,7 @@ def make_inpainting_net(cfg: Config) -> UNet:
 #    Point of pixel (u, v) at depth z:  x_world = R (z (u - cx)/fx, z (v - cy)/fy, z) + t
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
-def view_volume_points(cam2world: torch.Tensor, K_feat: torch.Tensor,
+def view_volume_points(cam2world: torch.Tensor,
                        cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """World points (B, D, h, w, 3) of the view volume and the plane depths (B, D)."""
     B, D, h = cam2world.shape[0], cfg.depth_planes, cfg.feat_size
@@ -358,16 +351,17 @@ def view_volume_points(cam2world: torch.Tensor, K_feat: torch.Tensor,
     depths = (near[:, None]                                               # (B, D)
               + (far - near)[:, None] * torch.linspace(0, 1, D, device=cam2world.device))
     pixels = pixel_centers(h, h).to(cam2world.device).reshape(-1, 2)      # (h*w, 2)
+    K_feat = cfg.intrinsics(h).to(cam2world.device)
     origins, dirs = pixel_to_ray(pixels, K_feat, cam2world)               # (B, 1, 3), (B, h*w, 3)
     points = origins[:, None] + depths[:, :, None, None] * dirs[:, None]  # (B, D, h*w, 3)
     return points.reshape(B, D, h, h, 3), depths
 
 
-def project(grid: torch.Tensor, cam2world: torch.Tensor, K_feat: torch.Tensor,
+def project(grid: torch.Tensor, cam2world: torch.Tensor,
             cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample the grid (B, C, N, N, N) into view volumes (B, C, D, h, w); samples outside
     get 0."""
-    points, depths = view_volume_points(cam2world, K_feat, cfg)
+    points, depths = view_volume_points(cam2world, cfg)
     coords = world_to_grid_coords(points, cfg)                # (B, D, h, w, 3) as (x, y, z)
     volume = F.grid_sample(grid, coords, mode="bilinear", padding_mode="zeros", align_corners=False)
     return volume, depths                                     # (B, C, D, h, w), (B, D)
@@ -516,9 +510,6 @@ class DeepVoxels(nn.Module):
         self.renderer = RenderingNet(cfg)
         n = cfg.grid_size
         self.register_buffer("grid", torch.zeros(1, cfg.channels, n, n, n))   # the DeepVoxels, H
-        self.register_buffer("K", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, focal_y=cfg.focal_y))
-        self.register_buffer("K_feat", intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy,
-                                                         cfg.feat_size / cfg.img_size, cfg.focal_y))
 
     def fuse(self, source_image: torch.Tensor,
              source_pose: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -529,7 +520,7 @@ class DeepVoxels(nn.Module):
         """
         features = self.encoder(source_image)                              # (1, C, h, w)
         # (1, C, N, N, N), (1, 1, N, N, N)
-        lifted, mask = lift(features, source_pose, self.K_feat, self.cfg)
+        lifted, mask = lift(features, source_pose, self.cfg)
         new_grid, update_gate = self.gru(lifted, self.grid.detach())
         self.grid = new_grid.detach()
         return {"features": features, "lifted": lifted, "lift_mask": mask,
@@ -551,8 +542,8 @@ class DeepVoxels(nn.Module):
         At test time the inpainted grid depends on no view: render.py computes it once for all
         views.
         """
-        volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses,
-                                 self.K_feat, self.cfg)
+        # (B, C, D, h, w), (B, D)
+        volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses, self.cfg)
         # (B, C, h, w), (B, D, h, w), (B, 1, h, w)
         flat, weights, depth = self.occlusion(volume, depths)
         rgb = self.renderer(flat)                                               # (B, 3, H, W)
@@ -709,7 +700,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu",
     try:
         cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
         model = DeepVoxels(cfg).to(device)
-        model.load_state_dict(state["model"])
+        # checkpoints written before the intrinsics were read from the Config carry them as buffers
+        model.load_state_dict({k: v for k, v in state["model"].items() if k not in ("K", "K_feat")})
     except Exception as e:
         # missing keys, unknown settings and shape mismatches: another version's file
         reason = (str(e).strip().splitlines() or [""])[0][:120]

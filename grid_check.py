@@ -6,7 +6,6 @@ differ from a plain background; views without one (most photographs) are not mea
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -47,19 +46,17 @@ def footprint(scene: Scene) -> float | None:
     return spans.float().median().item() / mask.shape[-1]
 
 
-def feature_size(train: Scene, sizes: Config) -> tuple[Config, str]:
-    """The rule for --feat_size when it is not given, and a log line saying what it chose and why:
-    feature maps at the image's resolution for an object that spans under FINE_BELOW of the frame
-    (its outline, where most of the error is, gets twice the features per pixel), else the default
-    of `sizes`."""
+def feature_size(train: Scene, img_size: int) -> tuple[int, str]:
+    """The feature maps' side when --feat_size is not given, and a log line saying what it chose
+    and why: the image's side for an object that spans under FINE_BELOW of the frame (its outline,
+    where most of the error is, gets twice the features per pixel), else Config's default."""
     share = footprint(train)
     fine = share is not None and share < FINE_BELOW
-    chosen = sizes.img_size if fine else sizes.feat_size
+    chosen = img_size if fine else Config.feat_size
     why = "no plain background to measure the object on" if share is None else \
         (f"the object spans {share:.0%} of the frame, "
          f"{'under' if fine else 'at least'} {FINE_BELOW:.0%}")
-    return (replace(sizes, feat_size=chosen),
-            f"feature maps {chosen} x {chosen} ({why}; --feat_size sets them)")
+    return chosen, f"feature maps {chosen} x {chosen} ({why}; --feat_size sets them)"
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────

@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import checks
 import dataset
@@ -81,66 +79,6 @@ def read_poses(folder: Path) -> torch.Tensor:
     return torch.from_numpy(poses).float()
 
 
-def render_views(model: dv.DeepVoxels, poses: torch.Tensor, device: str, precision: str,
-                 batch: int = 1) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
-    """Render poses (V, 4, 4) from the persistent grid alone, `batch` views at a time, in eval mode
-    (the model's mode is restored after): rgb (V, 3, H, W), depth (V, 1, h, w) or None (the naive
-    occlusion), and the seconds each view took (its batch's time over the batch's size)."""
-    was_training = model.training
-    model.eval()
-    rgbs, depths, seconds = [], [], []
-    with torch.no_grad(), dv.mixed_precision(device, precision):
-        inpainted = model.inpainting(model.grid)      # (1, C, N, N, N), once: it depends on no view
-        for chunk in poses.split(batch):
-            start = time.perf_counter()
-            out = model.render_inpainted(inpainted, chunk.to(device))
-            rgbs.append(out["rgb"].float().cpu())      # .cpu() waits for a GPU to finish
-            seconds += [(time.perf_counter() - start) / len(chunk)] * len(chunk)
-            depths.append(out["depth"])
-    model.train(was_training)
-    depth = None if depths[0] is None else torch.cat(depths).float().cpu()
-    return torch.cat(rgbs), depth, seconds
-
-
-def evaluate(model: dv.DeepVoxels, scene: scenes.Scene, device: str,
-             precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
-    """Mean PSNR of a scene's views rendered from the grid alone (render_views, eight at a time),
-    with the renders (V, 3, H, W) and depth maps (V, 1, h, w) or None."""
-    rgb, depth, _ = render_views(model, scene.poses, device, precision, batch=8)
-    return dv.psnr(rgb, scene.images).mean().item(), rgb, depth
-
-
-def save_preview(path: Path, test: scenes.Scene, rgb: torch.Tensor, depth: torch.Tensor | None,
-                 views: int = 4) -> None:
-    """PNG with one row per held-out view: target | prediction | depth (if the model has one)."""
-    size = test.images.shape[-1]
-    depth_column = [] if depth is None else [figures.colorize_depth(depth[:views], size)]
-    # (views, 3, H, 2W or 3W)
-    rows = torch.cat([test.images[:views], rgb[:views].clamp(0, 1), *depth_column], dim=3)
-    iio.imwrite(path, np.concatenate(to_uint8(rows)))                # rows stacked vertically
-
-
-def depth_images(depth: torch.Tensor | None, n: int, size: int,
-                 depth_range=None) -> torch.Tensor:
-    """Depth maps (n, 1, h, w) as viridis images (n, 3, size, size); plain grey for a model without
-    depth."""
-    return (torch.full((n, 3, size, size), 0.5) if depth is None
-            else figures.colorize_depth(depth, size, depth_range))
-
-
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Images (B, 3, H, W) to (B, 3, size, size), clamped to [0, 1] for display."""
-    if images.shape[-1] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
-                               align_corners=False)
-    return images.clamp(0, 1)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images (B, 3, H, W) in [0, 1] to (B, H, W, 3) uint8."""
-    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
-
 def write_video(stem: Path, frames: np.ndarray) -> list[Path]:
     """Write frames (T, H, W, 3) as stem.gif, and stem.mp4 when imageio has an MP4 writer."""
     iio.imwrite(stem.with_suffix(".gif"), frames, duration=1000 / VIDEO_FPS, loop=0)
@@ -188,12 +126,12 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
     if path is None:
         path = scenes.orbit_poses(cfg.grid_center, state["scene"]["orbit_radius"], args.frames,
                                   args.elevation)
-    rgb, depth, seconds = render_views(model, path, args.device, args.precision)
+    rgb, depth, seconds = figures.render_views(model, path, args.device, args.precision)
     near, far = dv.view_depth_range(path, cfg)  # one colour scale for every frame
-    frames = torch.cat([resize(rgb, size),
-                        depth_images(depth, len(rgb), size, (near.min().item(), far.max().item()))],
-                       dim=3)
-    videos = write_video(out / ("path" if args.poses else "orbit"), to_uint8(frames))
+    depth_range = (near.min().item(), far.max().item())
+    frames = torch.cat([figures.resize(rgb, size),
+                        figures.depth_images(depth, len(rgb), size, depth_range)], dim=3)
+    videos = write_video(out / ("path" if args.poses else "orbit"), figures.to_uint8(frames))
     if data is None:
         print(f"{state['scene']['data']['absolute']}: the data folder is gone: wrote "
               f"{', '.join(map(str, videos))} only (the metrics and sheet.png need --data)")
@@ -204,7 +142,8 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
     train, test, layout = dataset.load_scene(data, cfg.img_size)
     print(*dataset.describe(data, train, test, layout), sep="\n")
     split, test = ("train", train) if test is None else ("test", test)
-    pred, pred_depth, test_seconds = render_views(model, test.poses, args.device, args.precision)
+    pred, pred_depth, test_seconds = figures.render_views(model, test.poses, args.device,
+                                                          args.precision)
     nearest = scenes.nearest_view_baseline(train, test.poses)
     scores = {"psnr": dv.psnr(pred, test.images), "ssim": dv.ssim(pred, test.images),
               "baseline_psnr": dv.psnr(nearest, test.images),
@@ -223,9 +162,10 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
     pick = torch.linspace(0, len(test.names) - 1, min(SHEET_VIEWS, len(test.names))).round().long()
     error = ((pred[pick].clamp(0, 1) - test.images[pick]).abs().mean(1, keepdim=True)
              .expand(-1, 3, -1, -1))
-    rows = torch.cat([resize(test.images[pick], size), resize(pred[pick], size),
-                      depth_images(pred_depth, len(pred), size)[pick], resize(error, size)], dim=3)
-    iio.imwrite(out / "sheet.png", np.concatenate(to_uint8(rows)))      # rows stacked vertically
+    rows = torch.cat([figures.resize(test.images[pick], size), figures.resize(pred[pick], size),
+                      figures.depth_images(pred_depth, len(pred), size)[pick],
+                      figures.resize(error, size)], dim=3)
+    iio.imwrite(out / "sheet.png", np.concatenate(figures.to_uint8(rows)))  # rows stacked vertically
 
     print(f"{'view':>10} {'PSNR':>7} {'SSIM':>6} | {'nearest view: PSNR':>18} {'SSIM':>6}")
     for row in report["views"] + [{"name": "mean", **report["mean"]}]:

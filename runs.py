@@ -9,6 +9,8 @@ Nothing a user does twice loses a run:
     command is refused while that process lives; a lock left by a killed process is taken over.
   * The checkpoint names its data folder twice, absolute and relative to the run folder, so a
     run renders from any working directory, and after the run and its data moved together.
+  * Ctrl-C or a SIGTERM during training is read between steps (`stop_requests`): the run saves
+    its checkpoint and stops, never halfway through a step.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import resource
+import signal
+import sys
+import threading
 from pathlib import Path
+
+import torch
 
 from deepvoxels import DataError
 
@@ -115,6 +123,18 @@ def claimed(folder: Path, new: bool = False):
                 (candidate / LOCK).unlink()
 
 
+def train_folder(data: str, out: str, keep: bool) -> contextlib.AbstractContextManager[Path]:
+    """A training run's folder, claimed: without `out`, runs/<scene> or the first free
+    runs/<scene>-2, -3...; `out` as given, refused when it holds a checkpoint unless `keep`
+    (--resume, --overwrite, --check) says what to do with it."""
+    if not out:
+        return claimed(Path("runs") / Path(data).resolve().name, new=not keep)
+    if (Path(out) / CHECKPOINT).exists() and not keep:
+        raise DataError(f"{Path(out) / CHECKPOINT}: holds a run already; continue it with "
+                        f"--resume, choose another --out, or replace it with --overwrite")
+    return claimed(Path(out))
+
+
 def newest_checkpoint(ckpt: str | None = None, run: str | None = None) -> Path:
     """--ckpt, else <--run>/ckpt.pt, else the most recently written runs/*/ckpt.pt."""
     if ckpt or run:
@@ -137,3 +157,29 @@ def find_data(entry: dict, ckpt: Path) -> Path | None:
         if folder.is_dir():
             return folder
     return None
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Ctrl-C and SIGTERM append to the yielded list, read between steps: none stops halfway.
+    Handlers restored after; main thread only."""
+    requested: list[int] = []
+    signals = ((signal.SIGINT, signal.SIGTERM)
+               if threading.current_thread() is threading.main_thread() else ())
+    previous = {s: signal.signal(s, lambda signum, frame: requested.append(signum))
+                for s in signals}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def peak_memory(device: str) -> str:
+    """"peak memory N MB" of this process, and on a CUDA device ", peak GPU memory N MB" (what the
+    run's tensors held at most)."""
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
+        2 ** 10 if sys.platform == "darwin" else 1)                         # macOS counts bytes
+    gpu = (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 20:.0f} MB"
+           if torch.device(device).type == "cuda" else "")
+    return f"peak memory {kilobytes / 2 ** 10:.0f} MB{gpu}"

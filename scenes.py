@@ -22,7 +22,7 @@ which opens a --data folder in any layout for the scripts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +78,8 @@ def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrins
         raise DataError(f"{intr_file}: the intrinsics are for {ref_w}x{ref_h} images, "
                         f"a different shape from the {w0}x{h0} images")
     s = img_size / side
-    fx, fy = intr.focal * w0 / ref_w * s, (intr.focal_y or intr.focal) * h0 / ref_h * s
-    intr = replace(intr, focal=fx, focal_y=0.0 if fy == fx else fy,
+    fx, fy = intr.focal * w0 / ref_w * s, intr.fy * h0 / ref_h * s
+    intr = replace(intr, focal=fx, focal_y=fy,
                    cx=(intr.cx * w0 / ref_w - left) * s, cy=(intr.cy * h0 / ref_h - top) * s,
                    size=(img_size, img_size))
     names = [p.stem for p in image_paths]
@@ -133,17 +133,17 @@ def estimate_grid_placement(poses: torch.Tensor,
         raise DataError("the training cameras' optical axes are parallel, so the grid cannot be "
                         "estimated from them: give --grid_center and --grid_scale") from None
     dist = ((center - origins) * axes).sum(-1)                               # depth of the centre
-    fy = intr.focal_y or intr.focal
+    fy = intr.fy
     half_width = min(intr.cx / intr.focal, (intr.size[1] - intr.cx) / intr.focal,
                      intr.cy / fy, (intr.size[0] - intr.cy) / fy)
     return tuple(center.tolist()), float((2 * dist * half_width).min())
 
 
-def scene_config(train: Scene, sizes: Config, grid_center: tuple | str | None = None,
+def scene_config(train: Scene, sizes: dict, grid_center: tuple | str | None = None,
                  grid_scale: float | None = None) -> Config:
-    """Fill the scene part of a Config: intrinsics at img_size; the grid from the flags (a centre
-    (x, y, z) or "x y z"), else the files (bbox.txt, then intrinsics.txt: the readers put them in
-    train.intrinsics), else the cameras."""
+    """The Config of the model's sizes ({name: value}) and this scene: intrinsics at img_size; the
+    grid from the flags (a centre (x, y, z) or "x y z"), else the files (bbox.txt, then
+    intrinsics.txt: the readers put them in train.intrinsics), else the cameras."""
     i = train.intrinsics
     if isinstance(grid_center, str):                                         # --grid_center 'x y z'
         if len(grid_center.split()) != 3:
@@ -162,7 +162,7 @@ def scene_config(train: Scene, sizes: Config, grid_center: tuple | str | None = 
         for value in center:
             check_number(where, "the grid centre estimated from them", value)
         check_number(where, "the grid side estimated from them", scale, (">", 0))
-    return Config(**{**asdict(sizes), "grid_center": tuple(center), "grid_scale": float(scale),
+    return Config(**{**sizes, "grid_center": tuple(center), "grid_scale": float(scale),
                      "near": i.near, "focal": i.focal, "focal_y": i.focal_y,
                      "cx": i.cx, "cy": i.cy})
 

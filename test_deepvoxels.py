@@ -30,6 +30,7 @@ import figures
 import grid_check
 import layouts
 import scenes
+import settings
 import synthetic
 import render
 import runs
@@ -78,7 +79,7 @@ def test_projection_matches_hand_computation():
     # Camera at (0, 0, -5) with identity rotation: camera axes = world axes.
     pose = torch.eye(4)[None]
     pose[0, 2, 3] = -5.0
-    K = dv.intrinsics_matrix(100.0, 50.0, 40.0)
+    K = dv.intrinsics_matrix(100.0, 100.0, 50.0, 40.0)
     uv, z = dv.camera_to_pixel(dv.world_to_camera(torch.tensor([[[1.0, 2.0, 5.0]]]), pose), K)
     # camera coords (1, 2, 10): u = 100 * 1/10 + 50 = 60, v = 100 * 2/10 + 40 = 60
     assert torch.allclose(uv, torch.tensor([[[60.0, 60.0]]])) and torch.allclose(z, torch.tensor([[10.0]]))
@@ -86,7 +87,7 @@ def test_projection_matches_hand_computation():
 
 def test_look_at_is_opencv_and_pixel_to_ray_round_trips():
     pose = camera([3.0, 1.0, 2.0])
-    K = dv.intrinsics_matrix(80.0, 32.0, 32.0)
+    K = dv.intrinsics_matrix(80.0, 80.0, 32.0, 32.0)
     uv, z = dv.camera_to_pixel(dv.world_to_camera(torch.zeros(1, 1, 3), pose), K)
     assert torch.allclose(uv[0, 0], torch.tensor([32.0, 32.0]), atol=1e-4)   # target on the principal point
     assert z.item() == pytest.approx(14 ** 0.5, rel=1e-5)
@@ -102,7 +103,7 @@ def test_opengl_to_opencv_flips_y_and_z():
     gl = torch.eye(4)
     gl[:3, 3] = torch.tensor([0.0, 0.0, 4.0])  # OpenGL camera at z = 4 looking down -z, at the origin
     cv = dv.opengl_to_opencv(gl)
-    uv, z = dv.camera_to_pixel(dv.world_to_camera(torch.tensor([[[0.0, 1.0, 0.0]]]), cv[None]), dv.intrinsics_matrix(10, 0, 0))
+    uv, z = dv.camera_to_pixel(dv.world_to_camera(torch.tensor([[[0.0, 1.0, 0.0]]]), cv[None]), dv.intrinsics_matrix(10, 10, 0, 0))
     assert z.item() == pytest.approx(4.0)      # in front of the camera
     assert uv[0, 0, 1] < 0                      # world +y (OpenGL up) is up in the image: v < cy
 
@@ -139,11 +140,10 @@ def test_grid_addressing_matches_naive_loop():
 def test_lifting_matches_naive_projection_loop():
     cfg = replace(TINY, grid_scale=2.0, focal=16.0, cx=8.0, cy=8.0)      # the grid overfills the view: some voxels
     pose = camera([0.3, -1.8, 0.9])                                       # land near the image's edge, some outside
-    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)            # 8 x 8 feature maps: f = 8, c = 4
     features = torch.zeros(1, 2, 8, 8)
     features[0, 0, 3, 5] = 1.0                                            # one bright pixel: row 3, column 5
     features[0, 1] = 1.0                                                  # a constant channel: the image footprint
-    lifted, mask = dv.lift(features, pose, K_feat, cfg)
+    lifted, mask = dv.lift(features, pose, cfg)                           # 8 x 8 maps: K_feat has f = 8, c = 4
     c2w = pose[0].double().numpy()
     in_outer_ring = 0
     for (k, j, i), center in zip(np.ndindex(8, 8, 8), dv.voxel_centers(cfg).reshape(-1, 3).double().numpy()):
@@ -164,8 +164,7 @@ def test_lifting_matches_naive_projection_loop():
 def test_lifting_zeroes_voxels_behind_the_camera():
     cfg = replace(TINY, grid_scale=1.0, focal=4.0, cx=8.0, cy=8.0)        # a very wide field of view
     pose = camera([0.0, 0.0, 0.0], target=(1.0, 0.0, 0.0))                # inside the grid, looking along +x
-    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, 0.5)
-    lifted, mask = dv.lift(torch.ones(1, 1, 8, 8), pose, K_feat, cfg)
+    lifted, mask = dv.lift(torch.ones(1, 1, 8, 8), pose, cfg)
     assert mask[..., :4].sum() == 0 and lifted[..., :4].abs().sum() == 0  # x < 0: behind
     assert mask[..., 4:].sum() > 0
 
@@ -173,12 +172,11 @@ def test_lifting_zeroes_voxels_behind_the_camera():
 def test_lift_then_project_returns_each_pixels_feature():
     cfg = replace(TINY, grid_size=32, grid_scale=1.0, focal=20.0, cx=8.0, cy=8.0, depth_planes=16)
     pose = camera([0.0, -2.5, 0.5])
-    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy)              # feat_size = img_size = 16
-    uv = dv.pixel_centers(16, 16)
+    uv = dv.pixel_centers(16, 16)                                         # feat_size = img_size = 16
     features = (uv / 16).permute(2, 0, 1)[None]                          # (1, 2, 16, 16): each pixel's (u, v)
-    lifted, _ = dv.lift(features, pose, K_feat, cfg)
-    volume, _ = dv.project(lifted, pose, K_feat, cfg)                     # (1, 2, D, 8, 8)
-    points, _ = dv.view_volume_points(pose, K_feat, cfg)
+    lifted, _ = dv.lift(features, pose, cfg)
+    volume, _ = dv.project(lifted, pose, cfg)                             # (1, 2, D, 8, 8)
+    points, _ = dv.view_volume_points(pose, cfg)
     inside = (dv.world_to_grid_coords(points, cfg).abs() < 0.8).all(-1)   # well inside the grid,
     inside[..., [0, -1], :] = inside[..., :, [0, -1]] = False             # away from the image border
     expected = (uv / 16).expand(cfg.depth_planes, 16, 16, 2)
@@ -220,7 +218,7 @@ def test_view_volume_covers_the_grid():
     pose = camera([2.0, 0.5, -1.0])
     near, far = dv.view_depth_range(pose, cfg)
     corners = torch.tensor(list(np.ndindex(2, 2, 2)), dtype=torch.float32) - 0.5
-    _, z = dv.camera_to_pixel(dv.world_to_camera(corners[None], pose), dv.intrinsics_matrix(16, 8, 8))
+    _, z = dv.camera_to_pixel(dv.world_to_camera(corners[None], pose), dv.intrinsics_matrix(16, 16, 8, 8))
     assert near.item() <= z.min().item() and far.item() >= z.max().item()
 
 
@@ -230,7 +228,7 @@ def test_depth_range_covers_the_grid_for_a_camera_that_looks_past_its_centre():
     pose = camera(eye, eye + [np.sin(angle), np.cos(angle), 0.0])         # the axis misses the centre by 20 degrees
     near, far = dv.view_depth_range(pose, cfg)
     corners = torch.tensor(list(np.ndindex(2, 2, 2)), dtype=torch.float32) * 1.25 - 0.625
-    _, z = dv.camera_to_pixel(dv.world_to_camera(corners[None], pose), dv.intrinsics_matrix(16, 8, 8))
+    _, z = dv.camera_to_pixel(dv.world_to_camera(corners[None], pose), dv.intrinsics_matrix(16, 16, 8, 8))
     assert near.item() == pytest.approx(2.5 * np.cos(angle) - 1.25 * 3 ** 0.5 / 2, abs=1e-5)   # 1.27, not 1.42
     assert near.item() <= z[z > 0].min().item() and far.item() >= z.max().item()
 
@@ -250,8 +248,7 @@ def test_occlusion_of_an_opaque_slab_gives_its_analytic_depth():
     pose[0, 2, 3] = -3.0                         # camera at z = -3 looking along +z: slab depth 2.5625
     occlusion = dv.OcclusionNet(cfg)
     occlusion.unet = FeatureMagnitude()
-    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy)              # feat_size = img_size = 16
-    volume, depths = dv.project(grid, pose, K_feat, cfg)
+    volume, depths = dv.project(grid, pose, cfg)                          # feat_size = img_size = 16
     features, weights, depth = occlusion(volume, depths)
     assert torch.allclose(weights.sum(1), torch.ones(1, 16, 16), atol=1e-5)  # a distribution over depth
     center = depth[0, 0, 4:12, 4:12]                                      # rays that cross the slab
@@ -264,12 +261,11 @@ def test_real_occlusion_net_with_its_depth_channel_finds_an_unseen_opaque_slab()
     cfg = replace(TINY, grid_size=16, grid_scale=2.0, depth_planes=32, focal=16.0, cx=8.0, cy=8.0)
     pose = torch.eye(4)[None]
     pose[0, 2, 3] = -3.0                                                  # at z = -3 looking along +z
-    K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy)
 
     def slab(layer: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         grid = torch.zeros(1, 8, 16, 16, 16)
         grid[:, :, layer] = 1.0                                           # opaque voxel layer at world z = -1 + (layer + 0.5) / 8
-        return *dv.project(grid, pose, K_feat, cfg), 3.0 - 1 + (layer + 0.5) / 8
+        return *dv.project(grid, pose, cfg), 3.0 - 1 + (layer + 0.5) / 8
 
     torch.manual_seed(0)
     occlusion = dv.OcclusionNet(cfg)
@@ -370,9 +366,9 @@ def fitted(cube):
     """The small model after 300 steps on the cube's 12 training views (about 10 s), with both splits at 32 px."""
     torch.manual_seed(0)
     train_views, test_views = scenes.load_split(cube, "train", 32), scenes.load_split(cube, "test", 32)
-    model = dv.DeepVoxels(scenes.scene_config(train_views, SMALL))
+    model = dv.DeepVoxels(scenes.scene_config(train_views, asdict(SMALL)))
     parts = {"model": model, "optimizer": torch.optim.Adam(model.parameters(), lr=2e-3)}
-    run = train.TrainConfig(device="cpu", precision="fp32", lr=2e-3)
+    run = settings.TrainConfig(device="cpu", precision="fp32", lr=2e-3)
     neighbours, generator = scenes.view_neighbours(train_views.poses), torch.Generator().manual_seed(0)
     for _ in range(300):
         train.training_step(parts, train_views.images, train_views.poses, train.sample_views(neighbours, generator), run)
@@ -402,9 +398,9 @@ def test_render_uses_only_the_grid():
 def test_short_overfit_lowers_the_loss(cube):
     torch.manual_seed(0)
     scene = scenes.load_split(cube, "train", 16)
-    model = dv.DeepVoxels(scenes.scene_config(scene, TINY))
+    model = dv.DeepVoxels(scenes.scene_config(scene, asdict(TINY)))
     parts = {"model": model, "optimizer": torch.optim.Adam(model.parameters(), lr=2e-3)}
-    run = train.TrainConfig(device="cpu", precision="fp32", lr=2e-3)        # the L1 loss alone, no crop
+    run = settings.TrainConfig(device="cpu", precision="fp32", lr=2e-3)        # the L1 loss alone, no crop
     images, poses = scene.images[:3], scene.poses[:3]
     views = [(step % 3, (step + 1) % 3, step % 3) for step in range(80)]    # (source, target 1, target 2: the source)
     losses = [train.training_step(parts, images, poses, v, run) for v in views]
@@ -414,9 +410,9 @@ def test_short_overfit_lowers_the_loss(cube):
 def test_naive_occlusion_trains_and_renders(cube, tmp_path):
     torch.manual_seed(0)
     scene = scenes.load_split(cube, "train", 32)
-    model = dv.DeepVoxels(scenes.scene_config(scene, replace(SMALL, occlusion="naive")))
+    model = dv.DeepVoxels(scenes.scene_config(scene, asdict(replace(SMALL, occlusion="naive"))))
     parts = {"model": model, "optimizer": torch.optim.Adam(model.parameters(), lr=2e-3)}
-    run = train.TrainConfig(device="cpu", precision="fp32", lr=2e-3)
+    run = settings.TrainConfig(device="cpu", precision="fp32", lr=2e-3)
     views = [(step % 3, (step + 1) % 3, step % 3) for step in range(40)]    # (source, target 1, target 2: the source)
     losses = [train.training_step(parts, scene.images, scene.poses, v, run) for v in views]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
@@ -447,10 +443,10 @@ def test_learning_only_correct_geometry_renders_each_view_closest_to_its_own_ima
     # inpainting U-Net learn around it; lifting's geometry is checked against a naive loop in section 3.
     assert each_render_is_closest_to_its_own_image(model, test_views)
     project = dv.project
-    monkeypatch.setattr(dv, "project", lambda grid, poses, K, cfg: project(grid, poses[:1].expand(len(poses), -1, -1), K, cfg))
+    monkeypatch.setattr(dv, "project", lambda grid, poses, cfg: project(grid, poses[:1].expand(len(poses), -1, -1), cfg))
     assert not each_render_is_closest_to_its_own_image(model, test_views)    # control: every view through one camera
     mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))                   # control: camera x flipped (a mirror image)
-    monkeypatch.setattr(dv, "project", lambda grid, poses, K, cfg: project(grid, poses @ mirror, K, cfg))
+    monkeypatch.setattr(dv, "project", lambda grid, poses, cfg: project(grid, poses @ mirror, cfg))
     assert not each_render_is_closest_to_its_own_image(model, test_views)
 
 
@@ -714,9 +710,9 @@ def test_every_layout_reads_back_the_cube(cube, tmp_path, layout, export, every_
     for scene, ref in ((train, ref_train), (test, ref_test)):
         assert torch.allclose(scene.poses, ref.poses, atol=1e-5)
         assert torch.allclose(scene.images, ref.images, atol=1e-6)
-        K, K_ref = (dv.intrinsics_matrix(s.intrinsics.focal, s.intrinsics.cx, s.intrinsics.cy, focal_y=s.intrinsics.focal_y) for s in (scene, ref))
+        K, K_ref = (s.intrinsics.matrix() for s in (scene, ref))
         assert torch.allclose(K, K_ref, atol=1e-5) and K[0, 0] == pytest.approx(20.0, abs=1e-5)
-    cfg = scenes.scene_config(train, TINY)
+    cfg = scenes.scene_config(train, asdict(TINY))
     if layout == "NSVF":                                                  # bbox.txt: the cube's own grid
         expected = (0.0, 0.0, 0.0), 1.25
     else:                                                                 # no grid in the files: the estimate
@@ -754,12 +750,13 @@ def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pix
     train, test, layout = dataset.load_scene(root, 12)             # crop 24x24, then resize by 1/2
     assert "centre-cropped to 24x24" in "\n".join(dataset.describe(root, train, test, layout))
     i = train.intrinsics
-    K = dv.intrinsics_matrix(i.focal, i.cx, i.cy, focal_y=i.focal_y)
+    K = i.matrix()
     assert (K[0, 0].item(), K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))   # fx and fy stay apart
     with pytest.raises(dv.DataError, match="optical axes are parallel"):  # one training view: no grid estimate
-        scenes.scene_config(train, TINY)
-    model = dv.DeepVoxels(scenes.scene_config(train, TINY, (0.0, 0.0, 3.0), 1.0))   # fx and fy reach the model's cameras
-    assert (model.K[0, 0].item(), model.K[1, 1].item()) == pytest.approx((fx / 2, fy / 2))
+        scenes.scene_config(train, asdict(TINY))
+    model = dv.DeepVoxels(scenes.scene_config(train, asdict(TINY), (0.0, 0.0, 3.0), 1.0))   # fx and fy reach the model's cameras
+    K_model = model.cfg.intrinsics(model.cfg.img_size)
+    assert (K_model[0, 0].item(), K_model[1, 1].item()) == pytest.approx((fx / 2, fy / 2))
     uv, _ = dv.camera_to_pixel(dv.world_to_camera(point.view(1, 1, 3), train.poses[:1]), K)
     darkness = 1 - train.images[0].mean(0)                                # (12, 12)
     centres = dv.pixel_centers(12, 12)                                    # (12, 12, 2) as (u, v)
@@ -948,9 +945,9 @@ def test_train_cli_reports_a_bad_colmap_model_in_one_line(tmp_path):
 def test_scene_config_estimates_the_grid_when_the_file_does_not_say(cube):
     scene = scenes.load_split(cube, "train", 16)
     scene.intrinsics = replace(scene.intrinsics, grid_center=None, grid_scale=None)
-    cfg = scenes.scene_config(scene, TINY)
+    cfg = scenes.scene_config(scene, asdict(TINY))
     assert np.allclose(cfg.grid_center, 0, atol=1e-4) and 1.0 < cfg.grid_scale < 2.5   # contains the unit cube
-    assert scenes.scene_config(scene, TINY, grid_center=(1, 2, 3), grid_scale=4.0).grid_center == (1, 2, 3)
+    assert scenes.scene_config(scene, asdict(TINY), grid_center=(1, 2, 3), grid_scale=4.0).grid_center == (1, 2, 3)
 
 
 @pytest.mark.parametrize("center, side, message", [
@@ -962,12 +959,12 @@ def test_scene_config_estimates_the_grid_when_the_file_does_not_say(cube):
 def test_grid_flags_are_finite_and_positive(cube, center, side, message):
     train, _, _ = dataset.load_scene(cube, 32)
     with pytest.raises(dv.DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        scenes.scene_config(train, TINY, center, side)
+        scenes.scene_config(train, asdict(TINY), center, side)
 
 
 def test_grid_warning_is_quiet_on_the_cube_and_fires_on_a_grid_too_small_or_too_large(cube, capsys):
     train, _, _ = dataset.load_scene(cube, 32)
-    cfg = scenes.scene_config(train, TINY)
+    cfg = scenes.scene_config(train, asdict(TINY))
     assert grid_check.grid_warning(train, cfg) is None
     small = grid_check.grid_warning(train, replace(cfg, grid_scale=0.6))
     assert small.startswith("warning: the object leaves the grid") and "in 12 of 12 training views" in small
@@ -988,7 +985,7 @@ def test_grid_warning_is_quiet_for_a_tight_box_and_warns_for_one_20_percent_too_
     train, _, _ = dataset.load_scene(root, 32)
     if stray_pixels:                                  # a speck of shadow or dust in 2 views: no reason for a coarser grid
         train.images[:2, :, 2:4, 2:4] = 0.0
-    cfg = scenes.scene_config(train, TINY)
+    cfg = scenes.scene_config(train, asdict(TINY))
     assert cfg.grid_scale == pytest.approx(2 * half_side)
     warning = grid_check.grid_warning(train, cfg)
     assert (warning is not None and warning.startswith("warning: the object leaves the grid")) == warns, warning
@@ -1007,10 +1004,9 @@ def test_footprint_of_a_ball_is_its_analytic_diameter():
 @pytest.mark.parametrize("name, fine", [("small", True), ("ball", True), ("cube", False)])   # 27 %, 62 %, 75 % of the frame
 def test_feature_size_rule_gives_small_objects_full_resolution_features_and_large_ones_the_default(tmp_path, name, fine):
     synthetic.make_scene(tmp_path / name, name, n_train=6, n_test=1, size=64)
-    train_views, _, _ = dataset.load_scene(tmp_path / name, 32)
-    sizes = replace(TINY, img_size=32, feat_size=16)
-    chosen, line = grid_check.feature_size(train_views, sizes)
-    assert chosen.feat_size == (32 if fine else 16) and f"feature maps {chosen.feat_size} x {chosen.feat_size}" in line
+    train_views, _, _ = dataset.load_scene(tmp_path / name, 64)
+    chosen, line = grid_check.feature_size(train_views, 64)
+    assert chosen == (64 if fine else dv.Config.feat_size) and f"feature maps {chosen} x {chosen}" in line
     assert ("under 70%" in line) == fine and "--feat_size sets them" in line
 
 
@@ -1192,7 +1188,7 @@ def test_learning_rate_is_constant_then_falls_linearly_to_zero():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     for decay_from, progress, expected in [(0.75, 0.0, 1.0), (0.75, 0.75, 1.0), (0.75, 0.875, 0.5), (0.75, 1.0, 0.0),
                                            (0.5, 0.6, 0.8), (1.0, 0.99, 1.0)]:
-        train.set_learning_rate(optimizer, train.TrainConfig(lr=2.0, decay_from=decay_from), progress)
+        train.set_learning_rate(optimizer, settings.TrainConfig(lr=2.0, decay_from=decay_from), progress)
         assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * expected)
 
 
@@ -1203,12 +1199,13 @@ def test_coarse_phase_trains_at_half_size_and_gives_back_the_full_size_model(cub
     model = dv.DeepVoxels(cfg)
     point = torch.tensor([[[0.1, -0.2, 0.3]]])                               # a world point, seen by a camera
     pose = camera([0.5, -2.5, 0.8])
-    uv_full, _ = dv.camera_to_pixel(dv.world_to_camera(point, pose), model.K_feat)
-    with train.at_size(model, half):
-        uv_half, _ = dv.camera_to_pixel(dv.world_to_camera(point, pose), model.K_feat)
-        assert model.render(pose)["rgb"].shape == (1, 3, 16, 16)
+    uv_full, _ = dv.camera_to_pixel(dv.world_to_camera(point, pose), cfg.intrinsics(cfg.feat_size))
+    uv_half, _ = dv.camera_to_pixel(dv.world_to_camera(point, pose), half.intrinsics(half.feat_size))
     assert torch.allclose(uv_half, uv_full / 2, atol=1e-5)                   # the same point, half the pixel coordinates
-    assert model.cfg is cfg and model.render(pose)["rgb"].shape == (1, 3, 32, 32)
+    model.cfg = half
+    assert model.render(pose)["rgb"].shape == (1, 3, 16, 16)                 # the same weights at half the size
+    naive = train.coarse_config(replace(cfg, occlusion="naive"))             # its 2D convs read C x D channels
+    assert naive.depth_planes == cfg.depth_planes and naive.img_size == 16
     seen = []
     step = train.training_step
     monkeypatch.setattr(train, "training_step", lambda parts, images, *rest: seen.append(
@@ -1437,7 +1434,7 @@ NO_CUDA = [] if torch.cuda.is_available() else [(["--device", "cuda"], "--device
     (["--lr", "-1"], "--lr: the value must be a finite number > 0, got -1.0"),
     (["--eval_every", "0"], "--eval_every: the value must be a finite number > 0, got 0.0"),
     (["--decay_from", "2"], "--decay_from: the value must be a finite number >= 0 and <= 1, got 2.0"),
-    (["--img_size", "0"], "sizes: img_size / feat_size (0 / 32)"), (["--feat_size", "0"], "sizes: img_size / feat_size (64 / 0)"), (["--channels", "0"], "sizes: channels, unet_width and occlusion_width"),
+    (["--img_size", "0"], "sizes: img_size / feat_size (0 / 32)"), (["--feat_size", "12"], "sizes: img_size / feat_size (64 / 12)"), (["--channels", "0"], "sizes: channels, unet_width and occlusion_width"),
     (["--gru_dropout", "2"], "gru_dropout (2.0) must be at least 0 and below 1"),
     (["--crop", "8", *TINY_FLAGS[:4]], "--crop 8: leaves no pixel of the 16 px images for the loss"),
     (["--device", "tpu9"], "--device tpu9: not a device torch knows"), *NO_CUDA,
@@ -1447,7 +1444,7 @@ NO_CUDA = [] if torch.cuda.is_available() else [(["--device", "cuda"], "--device
 ])
 def test_train_flags_are_checked_before_any_work_in_one_line(cube, tmp_path, flags, message):
     with pytest.raises(dv.DataError) as error:
-        train.main(["--data", str(cube), "--out", str(tmp_path / "run"), *flags])
+        train.main(["--data", str(cube), "--out", str(tmp_path / "run"), "--minutes", "0.02", *flags])
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "run" / "ckpt.pt").exists()
 
@@ -1488,8 +1485,8 @@ def test_train_refuses_one_view_unwritable_output_and_bad_sizes_in_one_line(tmp_
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 units")
 def test_gpu_peak_memory_is_reported_only_on_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1536 * 2 ** 20)
-    assert train.peak_memory("cuda").endswith(", peak GPU memory 1536 MB") and train.peak_memory("cuda:0").endswith("1536 MB")
-    assert "GPU" not in train.peak_memory("cpu")
+    assert runs.peak_memory("cuda").endswith(", peak GPU memory 1536 MB") and runs.peak_memory("cuda:0").endswith("1536 MB")
+    assert "GPU" not in runs.peak_memory("cpu")
 
 
 # ── Run folders: no run overwrites another, one command per folder, a run renders from anywhere ──
@@ -1690,16 +1687,16 @@ def test_orbit_circles_the_grid_centre_at_the_training_cameras_mean_distance(cub
 def test_evaluate_renders_in_eval_mode_and_restores_the_mode(cube):
     torch.manual_seed(0)
     scene = scenes.load_split(cube, "test", 16)
-    model = dv.DeepVoxels(scenes.scene_config(scene, TINY))
+    model = dv.DeepVoxels(scenes.scene_config(scene, asdict(TINY)))
     model.fuse(scene.images[:1], scene.poses[:1])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    psnr, rgb, _ = render.evaluate(model.train(), scene, "cpu", "fp32")
+    psnr, rgb, _ = figures.evaluate(model.train(), scene, "cpu", "fp32")
     assert all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # batch-norm statistics untouched
     with torch.no_grad():
         expected = model.eval().render(scene.poses)["rgb"]
     assert torch.allclose(rgb, expected, atol=1e-6) and psnr == pytest.approx(dv.psnr(expected, scene.images).mean().item(), abs=1e-5)
-    render.evaluate(model, scene, "cpu", "fp32")
+    figures.evaluate(model, scene, "cpu", "fp32")
     assert not any(m.training for m in model.modules())
 
 
@@ -1989,7 +1986,7 @@ def test_readme_notebook_and_docs_quote_the_same_headline():
 def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_views(cube, tmp_path):
     import ablation
 
-    scene = ablation.split_by_azimuth(cube, tmp_path / "half", 20.0, replace(TINY, img_size=32))
+    scene = ablation.split_by_azimuth(cube, tmp_path / "half", 20.0, asdict(replace(TINY, img_size=32)))
     train_views, held_out = scenes.load_split(scene, "train", 32), scenes.load_split(scene, "test", 32)
     every = torch.cat([scenes.load_split(cube, s, 32).poses for s in ("train", "test")]).double().numpy()
     eyes = every[:, :3, 3]
@@ -2007,7 +2004,7 @@ def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_view
 def test_ablation_holdout_sparse_keeps_views_far_apart_and_the_whole_test_split(cube, tmp_path):
     import ablation
 
-    scene = ablation.split_sparse(cube, tmp_path / "sparse", 5, replace(TINY, img_size=32))
+    scene = ablation.split_sparse(cube, tmp_path / "sparse", 5, asdict(replace(TINY, img_size=32)))
     kept, every = scenes.load_split(scene, "train", 32), scenes.load_split(cube, "train", 32)
     assert len(kept.names) == 5 and all(name.startswith("train") for name in kept.names)
     order = [int(name[5:11]) for name in kept.names]
@@ -2021,7 +2018,7 @@ def test_ablation_holdout_sparse_keeps_views_far_apart_and_the_whole_test_split(
     assert torch.equal(test.images, original.images) and torch.allclose(test.poses, original.poses, atol=1e-6)
     shutil.copytree(cube / "train", tmp_path / "no_test" / "train")
     with pytest.raises(dv.DataError, match="no_test: --holdout sparse tests on the scene's held-out views, and it has none"):
-        ablation.split_sparse(tmp_path / "no_test", tmp_path / "out", 5, replace(TINY, img_size=32))
+        ablation.split_sparse(tmp_path / "no_test", tmp_path / "out", 5, asdict(replace(TINY, img_size=32)))
 
 
 @pytest.mark.parametrize("layout", ["nerf", "colmap"])
@@ -2031,11 +2028,11 @@ def test_ablation_holdouts_work_on_other_layouts(cube, tmp_path, layout):
     export = {"nerf": export_nerf_synthetic, "colmap": export_colmap}[layout]
     source = export(cube, tmp_path / layout)
     train, held_out, _ = dataset.load_scene(source, 32)
-    half = ablation.split_by_azimuth(source, tmp_path / "half", 20.0, replace(TINY, img_size=32))
+    half = ablation.split_by_azimuth(source, tmp_path / "half", 20.0, asdict(replace(TINY, img_size=32)))
     written = [scenes.load_split(half, s, 32) for s in ("train", "test")]
     assert sum(len(s.names) for s in written) <= len(train.names) + len(held_out.names)
     assert all((s.poses[:, 1, 3] >= 0).all() == (s is written[0]) for s in written)        # by azimuth
-    sparse = ablation.split_sparse(source, tmp_path / "sparse", 4, replace(TINY, img_size=32))
+    sparse = ablation.split_sparse(source, tmp_path / "sparse", 4, asdict(replace(TINY, img_size=32)))
     assert torch.allclose(scenes.load_split(sparse, "test", 32).poses, held_out.poses, atol=1e-6)
 
 

@@ -8,143 +8,38 @@ the PatchGAN term (the authors: 200 and 1; here L1 alone)."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import json
 import math
-import resource
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import checks
 import dataset
 import deepvoxels as dv
 import figures
-import render
 import runs
 import scenes
+import settings
 import synthetic
-
-
-def flag(default, help: str, *valid: tuple[str, float], **more):
-    """A TrainConfig field: its default, its --help text, and the rules its number must keep
-    ((">", 0), ...)."""
-    return dataclasses.field(default=default, metadata={"help": help, "valid": valid, **more})
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything about the run that is not the model."""
-
-    data: str = flag("./cube", "scene folder in any of the five layouts (docs/your-data.md); "
-                               f"{', '.join(synthetic.SCENES)} are generated if missing")
-    out: str = flag("", "run folder for checkpoint, logs and previews (default: runs/<scene name>, "
-                        "or the first free runs/<scene name>-2, -3... when that holds another run)")
-    iters: int = flag(100_000, "stop after this many steps in all, counted over the whole run "
-                               "when resumed", (">=", 1))
-    minutes: float = flag(10.0, "stop after this much training time, counted over the whole run "
-                                "when resumed (0: no limit)", (">=", 0))
-    lr: float = flag(4e-4, "Adam learning rate of the model and the discriminator (the authors: "
-                           "4e-4)", (">", 0))
-    coarse: float = flag(0.5, "share of the run trained coarse first: images, feature maps and "
-                              "depth planes at half their size, cheaper steps (0: none; sizes that "
-                              "cannot halve: none)", (">=", 0), ("<", 1))
-    decay_from: float = flag(0.75, "share of the run after which the learning rate falls linearly "
-                                   "to 0 (1: constant, as the authors)", (">=", 0), ("<=", 1))
-    crop: int = flag(0, "border pixels left out of the loss (the authors: 5 of 512, under 1 px at "
-                        "our 64 px: hence 0)", (">=", 0))
-    l1_weight: float = flag(1.0, "weight of the L1 term (the authors: 200 beside --gan_weight 1; "
-                                 "alone its scale does not matter)", (">=", 0))
-    gan_weight: float = flag(0.0, "weight of the PatchGAN adversarial term, 0: no discriminator "
-                                  "(the authors: 1; it sharpens texture)", (">=", 0))
-    seed: int = flag(0, "random seed")
-    device: str = flag("cuda" if torch.cuda.is_available() else "cpu",
-                       "cpu or cuda (default: cuda when available)")
-    precision: str = flag("auto", "bf16, fp32, or auto: bf16 on a GPU or a CPU with bf16 units "
-                                  "(default: auto)", choices=("auto", "bf16", "fp32"))
-    eval_every: float = flag(30.0, "seconds of training between held-out evaluations", (">", 0))
-    log_every: float = flag(5.0, "seconds between log lines", (">=", 0))
-    grid_center: str = flag("", "'x y z' world centre of the grid (default: bbox.txt, else "
-                                "intrinsics.txt, else estimated from the cameras)")
-    grid_scale: float = flag(0.0, "world side of the grid (default 0: bbox.txt, else "
-                                  "intrinsics.txt, else estimated from the cameras)", (">=", 0))
-    resume: bool = flag(False, "continue from <out>/ckpt.pt: same flags, --iters and --minutes "
-                               "count the whole run")
-    overwrite: bool = flag(False, "start a new run in an --out folder that holds one: its "
-                                  "checkpoint is replaced at the first save")
-    check: bool = flag(False, "only load the data, check the grid against the images, write "
-                              "<out>/cameras.png and exit (seconds)")
-
-
-def parse_args(argv=None) -> tuple[TrainConfig, dv.Config, bool]:
-    """Flags for every field of TrainConfig and of the model sizes in deepvoxels.Config, each
-    checked before any work, and whether --feat_size is left to the scene (not given:
-    grid_check.feature_size decides)."""
-    parser = checks.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    sizes = [f for f in dataclasses.fields(dv.Config) if "help" in f.metadata]
-    for f in dataclasses.fields(TrainConfig) + tuple(sizes):
-        if f.type in ("bool", bool):
-            parser.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            parser.add_argument(f"--{f.name}", type=kind,
-                                default=None if f.name == "feat_size" else f.default,
-                                choices=f.metadata.get("choices"),
-                                help=(f.metadata["help"] if "default" in f.metadata["help"]
-                                      else f"{f.metadata['help']} (default: {f.default})"))
-    args = vars(parser.parse_args(argv))
-    checks.check_device(args["device"])
-    feat_from_scene, args["feat_size"] = (args["feat_size"] is None,
-                                          dv.Config.feat_size if args["feat_size"] is None
-                                          else args["feat_size"])
-    for f in dataclasses.fields(TrainConfig):
-        if f.metadata["valid"]:
-            checks.check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
-    run, model_sizes = (TrainConfig(**{f.name: args[f.name]
-                                       for f in dataclasses.fields(TrainConfig)}),
-                        dv.Config(**{f.name: args[f.name] for f in sizes}))
-    if 2 * run.crop >= model_sizes.img_size:
-        raise dv.DataError(f"--crop {run.crop}: leaves no pixel of the {model_sizes.img_size} px "
-                           "images for the loss")
-    return run, model_sizes, feat_from_scene
+from checks import check_writable, run_command
+from settings import TrainConfig
 
 
 def coarse_config(cfg: dv.Config) -> dv.Config | None:
     """The model's configuration at half the image size, feature maps and depth planes (the camera
-    scaled with the image), or None where a size cannot halve. Every network is convolutional, so
-    the same weights run at either size."""
+    scaled with the image), or None where a size cannot halve. The networks are convolutional, so
+    the same weights run at either size; the naive occlusion's are not over depth: its planes
+    stay."""
+    planes = cfg.depth_planes // 2 if cfg.occlusion == "softmax" else cfg.depth_planes
     try:
         return dataclasses.replace(cfg, img_size=cfg.img_size // 2, feat_size=cfg.feat_size // 2,
-                                   depth_planes=cfg.depth_planes // 2, focal=cfg.focal / 2,
+                                   depth_planes=planes, focal=cfg.focal / 2,
                                    focal_y=cfg.focal_y / 2, cx=cfg.cx / 2, cy=cfg.cy / 2)
     except dv.DataError:  # e.g. feature maps of 16 cannot halve
         return None
-
-
-@contextlib.contextmanager
-def at_size(model: dv.DeepVoxels, cfg: dv.Config | None):
-    """Inside, the model lifts, projects and renders at cfg's sizes and camera (None: its own);
-    restored after."""
-    if cfg is None:
-        yield
-        return
-    saved = model.cfg, model.K, model.K_feat
-    model.cfg = cfg
-    model.K = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, focal_y=cfg.focal_y).to(saved[1])
-    model.K_feat = dv.intrinsics_matrix(cfg.focal, cfg.cx, cfg.cy, cfg.feat_size / cfg.img_size,
-                                        cfg.focal_y).to(saved[1])
-    try:
-        yield
-    finally:
-        model.cfg, model.K, model.K_feat = saved
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, run: TrainConfig, progress: float) -> None:
@@ -194,70 +89,28 @@ def training_step(parts: dict, images: torch.Tensor, poses: torch.Tensor,
     return loss.item()
 
 
-@contextlib.contextmanager
-def stop_requests():
-    """Ctrl-C and SIGTERM append to the yielded list, read between steps: none stops halfway.
-    Handlers restored after; main thread only."""
-    requested: list[int] = []
-    signals = ((signal.SIGINT, signal.SIGTERM)
-               if threading.current_thread() is threading.main_thread() else ())
-    previous = {s: signal.signal(s, lambda signum, frame: requested.append(signum))
-                for s in signals}
-    try:
-        yield requested
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def peak_memory(device: str) -> str:
-    """"peak memory N MB" of this process, and on a CUDA device ", peak GPU memory N MB" (what the
-    run's tensors held at most)."""
-    gpu = (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 20:.0f} MB"
-           if torch.device(device).type == "cuda" else "")
-    return (
-        "peak memory "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10):.0f}"
-        f" MB{gpu}")
-
-
 def main(argv=None) -> None:
     """Train as the flags say; never exits, and leaves signal handlers, denormal flushing and
     torch's random state as it found them."""
-    run, sizes, feat_from_scene = parse_args(argv)
+    run, sizes = settings.parse_args(argv, __doc__)
     with dv.flushed_denormals(), torch.random.fork_rng(
             devices=[] if torch.device(run.device).type == "cpu" else None):
-        with run_folder(run) as out:
-            fit(run, sizes, out, feat_from_scene)
+        with runs.train_folder(run.data, run.out, run.resume or run.overwrite or run.check) as out:
+            fit(run, sizes, out)
 
 
-def run_folder(run: TrainConfig) -> contextlib.AbstractContextManager[Path]:
-    """The run folder, held by this run alone while it trains (runs.claimed): without --out,
-    runs/<scene> or the first free runs/<scene>-2, -3...; --out as given, refused when it holds a
-    checkpoint that --resume or --overwrite does not name (--check writes cameras.png only: it
-    takes the folder as it is)."""
-    if not run.out:
-        return runs.claimed(Path("runs") / Path(run.data).resolve().name,
-                            new=not (run.resume or run.check))
-    if ((Path(run.out) / runs.CHECKPOINT).exists()
-            and not (run.resume or run.overwrite or run.check)):
-        raise dv.DataError(f"{Path(run.out) / runs.CHECKPOINT}: holds a run already; continue it "
-                           f"with --resume, choose another --out, or replace it with --overwrite")
-    return runs.claimed(Path(run.out))
-
-
-def prepare_scene(run: TrainConfig, sizes: dv.Config, out: Path,
-                  feat_from_scene: bool) -> tuple[scenes.Scene, scenes.Scene | None, dv.Config]:
-    """Training views, held-out views or None, the configuration with the grid placed; writes
+def prepare_scene(run: TrainConfig, sizes: dict,
+                  out: Path) -> tuple[scenes.Scene, scenes.Scene | None, dv.Config]:
+    """Training views, held-out views or None, and the model's Config, decided here once: the
+    sizes ({name: value}, settings' flags) with the scene's camera and grid. Writes
     <out>/cameras.png."""
-    # fail now, not at the first save
-    checks.check_writable(out, "ckpt.pt", "history.json", "cameras.png", "preview.png")
+    check_writable(out, "ckpt.pt", "history.json", "cameras.png", "preview.png")  # not at a save
     if not run.out and out != (default := Path("runs") / Path(run.data).resolve().name):
         print(f"run folder {out}: {default} holds another run (--out chooses the folder)")
     if line := synthetic.generating(run.data):           # said before the few seconds it takes
         print(line)
     train, held_out, cfg, said = dataset.open_scene(run.data, sizes, run.grid_center or None,
-                                                    run.grid_scale or None, feat_from_scene)
+                                                    run.grid_scale or None)
     print(*said, sep="\n")
     figures.plot_setup(out / "cameras.png", train, held_out, cfg)
     if run.check:
@@ -322,10 +175,10 @@ def save_checkpoint(parts: dict, progress: dict, run: TrainConfig, ckpt_path: Pa
     progress["kept"] = f"{ckpt_path} keeps step {progress['step']}, the last finite state"
 
 
-def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = False) -> None:
+def fit(run: TrainConfig, sizes: dict, out: Path) -> None:
     """Load the scene, build or resume the model, train it into the folder `out`, evaluate and
     checkpoint it as it goes."""
-    train, held_out, cfg = prepare_scene(run, sizes, out, feat_from_scene)
+    train, held_out, cfg = prepare_scene(run, sizes, out)
     if run.check:
         return
     parts, progress = build_or_resume(run, cfg, ckpt_path := out / runs.CHECKPOINT)
@@ -333,17 +186,17 @@ def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = F
              "orbit_radius": scenes.orbit_radius(train.poses, cfg.grid_center)}
     model = parts["model"]
     images, poses = train.images.to(run.device), train.poses.to(run.device)
-    neighbours = scenes.view_neighbours(train.poses)  # (V, min(4, V - 1))
+    neighbours = scenes.view_neighbours(train.poses)                       # (V, min(4, V - 1))
     test, split, baseline_name, baseline, note = scenes.baseline(train, held_out)
-    if note:
-        print(note)
-    watch = scenes.spread_views(train, 8)  # training views scored beside the held-out ones
-    print(f"{len(train.names)} training views, {len(held_out.names) if held_out else 'no'} test "
-          f"views at {cfg.img_size}px; {dv.parameter_count(model) / 1e6:.2f}M "
-          f"parameters; grid {cfg.grid_size}^3 x {cfg.channels} centred at {cfg.grid_center}, "
-          f"side {cfg.grid_scale:.3g}; device {run.device}, "
-          f"{dv.resolve_precision(run.device, run.precision)}")
-    print(f"{baseline_name} on the {split} views: {baseline:.2f} dB PSNR")
+    # training views scored beside the held-out ones: the gap says whether it fits only its views
+    watch = scenes.spread_views(train, 8) if held_out is not None else None
+    print(*([note] if note else []),
+          f"{len(train.names)} training views, {len(held_out.names) if held_out else 'no'} "
+          f"test views at {cfg.img_size}px; {dv.parameter_count(model) / 1e6:.2f}M parameters; "
+          f"grid {cfg.grid_size}^3 x {cfg.channels} centred at {cfg.grid_center}, side "
+          f"{cfg.grid_scale:.3g}; device {run.device}, "
+          f"{dv.resolve_precision(run.device, run.precision)}",
+          f"{baseline_name} on the {split} views: {baseline:.2f} dB PSNR", sep="\n")
     coarse = coarse_config(cfg) if run.coarse > 0 else None
     if coarse is not None:  # the first part of the run, at half the sizes
         coarse_images = F.interpolate(images, size=coarse.img_size, mode="area")  # (V, 3, H/2, W/2)
@@ -355,15 +208,15 @@ def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = F
     next_eval = (progress["seconds"] // run.eval_every + 1) * run.eval_every
     last_log, last_log_step, start = (time.perf_counter(), progress["step"],
                                       time.perf_counter() - progress["seconds"])
-    with stop_requests() as stop:
+    with runs.stop_requests() as stop:
         while progress["step"] < run.iters and progress["seconds"] < budget and not stop:
-            # the share of the run done
-            share = max(progress["step"] / run.iters, progress["seconds"] / budget)
+            share = max(progress["step"] / run.iters, progress["seconds"] / budget)  # of the run
             set_learning_rate(parts["optimizer"], run, share)
             coarse_now = coarse is not None and share < run.coarse
-            with at_size(model, coarse if coarse_now else None):
-                loss = training_step(parts, coarse_images if coarse_now else images, poses,
-                                     sample_views(neighbours, progress["sampler"]), run)
+            model.cfg = coarse if coarse_now else cfg  # the same weights run at either size
+            loss = training_step(parts, coarse_images if coarse_now else images, poses,
+                                 sample_views(neighbours, progress["sampler"]), run)
+            model.cfg = cfg
             if not (math.isfinite(loss) and model.grid.isfinite().all()):
                 raise Diverged(f"step {progress['step'] + 1}: loss {loss:.4g}, grid max "
                                f"{model.grid.abs().max().item():.3g}: training diverged (try a "
@@ -371,42 +224,51 @@ def fit(run: TrainConfig, sizes: dv.Config, out: Path, feat_from_scene: bool = F
             progress["step"] += 1
             progress["seconds"] = time.perf_counter() - start
             last_step = progress["step"] == run.iters or progress["seconds"] >= budget
-            # evaluate, checkpoint, write the preview
             if progress["seconds"] >= next_eval or last_step:
                 eval_start = time.perf_counter()
-                psnr, rgb, depth = render.evaluate(model, test, run.device, run.precision)
-                progress["history"].append({"step": progress["step"],
-                                            "minutes": round(progress["seconds"] / 60, 3),
-                                            "test_psnr": round(psnr, 3)})
-                if held_out is not None:  # the gap: it fits its views but not novel ones
-                    progress["history"][-1]["train_psnr"] = round(
-                        render.evaluate(model, watch, run.device, run.precision)[0], 3)
-                save_checkpoint(parts, progress, run, ckpt_path, scene)
-                render.save_preview(out / "preview.png", test, rgb, depth)
-                (out / "history.json").write_text(json.dumps(progress["history"], indent=1))
+                evaluate_and_save(parts, progress, run, out, test, watch, scene)
                 next_eval += run.eval_every
-                # evaluation time does not count as training
-                start += time.perf_counter() - eval_start
+                start += time.perf_counter() - eval_start  # evaluating is not training time
             if (now := time.perf_counter()) - last_log >= run.log_every or last_step:
                 ms = 1000 * (now - last_log) / max(progress["step"] - last_log_step, 1)
                 left = max(0.0, min(budget - progress["seconds"],
                                     (run.iters - progress["step"]) * ms / 1000))
-                psnr_now = (f"{progress['history'][-1]['test_psnr']:.2f} dB" if progress["history"]
-                            else "-")
-                print(f"step {progress['step']:6d} | loss {loss:.4f} | {split} PSNR {psnr_now} | "
-                      f"{ms:5.0f} ms/step | grid max {model.grid.abs().max().item():#.3g} | "
-                      f"{left / 60:4.1f} min left", flush=True)
+                print(f"step {progress['step']:6d} | loss {loss:.4f} | {split} PSNR "
+                      f"{last_psnr(progress)} | {ms:5.0f} ms/step | grid max "
+                      f"{model.grid.abs().max().item():#.3g} | {left / 60:4.1f} min left",
+                      flush=True)
                 last_log, last_log_step = now, progress["step"]
     save_checkpoint(parts, progress, run, ckpt_path, scene)
     if stop:
         print(f"interrupted: saved step {progress['step']} to {ckpt_path}; "
               f"continue with --resume --out {out}")
         raise KeyboardInterrupt
-    final = f"{progress['history'][-1]['test_psnr']:.2f} dB" if progress["history"] else "-"
     print(f"done: step {progress['step']}, {progress['seconds'] / 60:.1f} min, {split} PSNR "
-          f"{final} ({baseline_name} {baseline:.2f} dB); {peak_memory(run.device)}; "
-          f"checkpoint {ckpt_path}")
+          f"{last_psnr(progress)} ({baseline_name} {baseline:.2f} dB); "
+          f"{runs.peak_memory(run.device)}; checkpoint {ckpt_path}")
+
+
+def evaluate_and_save(parts: dict, progress: dict, run: TrainConfig, out: Path,
+                      test: scenes.Scene, watch: scenes.Scene | None, scene: dict) -> None:
+    """Score the test views (and the watched training views, where there are held-out ones) into
+    the history, then write the checkpoint, preview.png and history.json."""
+    model = parts["model"]
+    psnr, rgb, depth = figures.evaluate(model, test, run.device, run.precision)
+    progress["history"].append({"step": progress["step"],
+                                "minutes": round(progress["seconds"] / 60, 3),
+                                "test_psnr": round(psnr, 3)})
+    if watch is not None:
+        progress["history"][-1]["train_psnr"] = round(
+            figures.evaluate(model, watch, run.device, run.precision)[0], 3)
+    save_checkpoint(parts, progress, run, out / runs.CHECKPOINT, scene)
+    figures.save_preview(out / "preview.png", test, rgb, depth)
+    (out / "history.json").write_text(json.dumps(progress["history"], indent=1))
+
+
+def last_psnr(progress: dict) -> str:
+    """The last evaluation's PSNR, or "-" before the first."""
+    return f"{progress['history'][-1]['test_psnr']:.2f} dB" if progress["history"] else "-"
 
 
 if __name__ == "__main__":
-    checks.run_command(main)
+    run_command(main)
