@@ -49,8 +49,8 @@ class DataError(Exception):
 
 @dataclass
 class Config:
-    """Model sizes and the scene's camera and grid: values only (train.py's flags say what each is
-    for); saved in every checkpoint."""
+    """Model sizes and the scene's camera and grid; saved in every checkpoint (what each is for:
+    the help texts of train.py's flags, settings.py)."""
 
     img_size: int = 64          # H = W of the images the model renders
     feat_size: int = 32         # h = w of the 2D feature maps used for lifting and projection
@@ -533,15 +533,10 @@ class DeepVoxels(nn.Module):
 
     def render_inpainted(self, inpainted: torch.Tensor,
                          poses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render poses (B, 4, 4) from an inpainted grid (1, C, N, N, N); returns every
-        intermediate.
-
-        Keys: rgb (B, 3, H, W), depth (B, 1, h, w), weights (B, D, h, w), view_volume
-        (B, C, D, h, w), depths (B, D), flat_features (B, C, h, w), inpainted (1, C, N, N, N).
-        With cfg.occlusion == "naive" there is no visibility: depth and weights are None.
-        At test time the inpainted grid depends on no view: render.py computes it once for all
-        views.
-        """
+        """Render poses (B, 4, 4) from an inpainted grid (1, C, N, N, N) (at test time it depends
+        on no view: figures.render_views inpaints once). Returns every intermediate: rgb (B, 3, H,
+        W), depth (B, 1, h, w), weights (B, D, h, w), view_volume (B, C, D, h, w), depths (B, D),
+        flat_features (B, C, h, w), inpainted; depth and weights None for the naive occlusion."""
         # (B, C, D, h, w), (B, D)
         volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses, self.cfg)
         # (B, C, h, w), (B, D, h, w), (B, 1, h, w)
@@ -558,10 +553,8 @@ class DeepVoxels(nn.Module):
 
     def render(self, poses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU).
-
-        Call model.eval() first, as render.evaluate and render.main do: in train mode batch norm
-        normalises with these poses' own statistics and updates its running statistics from them.
-        """
+        Call model.eval() first (figures.render_views does): in train mode batch norm would use and
+        update these poses' own statistics."""
         return self.render_grid(self.grid, poses)
 
 
@@ -586,8 +579,7 @@ def resolve_precision(device: str, precision: str = "auto") -> str:
 
 
 def mixed_precision(device: str, precision: str = "auto") -> torch.autocast:
-    """bf16 autocast where it pays off (a GPU, or a CPU with bf16 units), plain fp32 otherwise.
-    `precision` is "auto", "bf16" or "fp32"."""
+    """bf16 autocast where resolve_precision says so (`precision`: "auto", "bf16" or "fp32")."""
     enabled = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                           enabled=enabled)
@@ -608,9 +600,7 @@ def flushed_denormals():
 
 class FastConv3d(nn.Conv3d):
     """nn.Conv3d that runs a batch of one as a batch of two depth halves on a CPU in fp32: same
-    result, faster.
-
-    PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1 (or the kernel
+    result, faster. PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1 (or the kernel
     is larger than 3, or N·C·D·H > 20480); a 3x3x3 convolution of one grid takes its slow im2col
     path (aten::slow_conv3d) instead. Split along depth, with the one plane of overlap each half
     needs for its 3x3x3 window, the same convolution is a batch of two and goes to oneDNN.
