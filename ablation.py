@@ -5,7 +5,8 @@ Trains the model with the visibility softmax and the naive one (depth flattened 
 reduced by 2D convolutions) for the same number of steps (or minutes) with train.py, then reports
 for both the PSNR on the training and on the held-out views (rendered from the grid alone, as at
 test time) and the parameter count, and writes <out>/ablation.png: one row per held-out view,
-target | softmax | naive | softmax depth. Flags it does not know go to train.py for both runs.
+target | softmax | naive | softmax depth. Flags it does not know go to train.py for both runs
+(`python train.py --help` lists them).
 A missing --data folder named two_cubes is generated: two cubes that hide each other.
 
 --holdout half tests novel views far from the training ones (the paper's "fits the training
@@ -43,11 +44,13 @@ import synthetic
 import train as trainer  # the command train.py, run once per model
 
 
-def all_views(data: Path, sizes: dict) -> tuple[dict[str, scenes.Scene], dv.Config]:
+def all_views(data: Path, sizes: dict,
+              grid: tuple = (None, None)) -> tuple[dict[str, scenes.Scene], dv.Config]:
     """The views of a scene in any layout at the model's image size (sizes: settings' flags), by
     where they came from ({"train": Scene, "test": Scene} or {"train": Scene}), and its Config
-    with the grid placed."""
-    train, held_out, cfg, _ = dataset.open_scene(data, sizes)
+    with the grid placed (`grid`: train.py's --grid_center and --grid_scale, None where not
+    given)."""
+    train, held_out, cfg, _ = dataset.open_scene(data, sizes, *grid)
     return {"train": train, **({"test": held_out} if held_out is not None else {})}, cfg
 
 
@@ -57,17 +60,18 @@ def write_views(dest: Path, halves: dict[str, list[tuple[str, scenes.Scene, int]
     from, its Scene, its index there)) as dest/<entry> in the DeepVoxels layout, at the scene's
     image size, with cfg's camera and grid; file names carry the split they came from. Returns
     dest."""
-    if cfg.focal_y and cfg.focal_y != cfg.focal:
+    focal = (cfg.focal + (cfg.focal_y or cfg.focal)) / 2  # the layout has one focal length
+    if abs(cfg.focal - focal) > 0.005 * focal:            # fx and fy more than 1 % apart
         raise dv.DataError(f"{dest}: --holdout half and sparse write the DeepVoxels layout, which "
-                           f"has one focal length, and this camera has two ({cfg.focal:g}, "
-                           f"{cfg.focal_y:g})")
+                           f"has one focal length, and this camera's two differ by more than 1 % "
+                           f"({cfg.focal:g}, {cfg.focal_y:g})")
     shutil.rmtree(dest, ignore_errors=True)
     for half, views in halves.items():
         (dest / half / "rgb").mkdir(parents=True)
         (dest / half / "pose").mkdir()
         size = cfg.img_size
         (dest / half / "intrinsics.txt").write_text(
-            f"{cfg.focal} {cfg.cx} {cfg.cy} 0.\n{' '.join(map(str, cfg.grid_center))}\n{cfg.near}\n"
+            f"{focal} {cfg.cx} {cfg.cy} 0.\n{' '.join(map(str, cfg.grid_center))}\n{cfg.near}\n"
             f"{cfg.grid_scale}\n{size} {size}\n")
         for split, scene, k in views:
             name = f"{split}{scene.names[k]}"
@@ -78,11 +82,12 @@ def write_views(dest: Path, halves: dict[str, list[tuple[str, scenes.Scene, int]
     return dest
 
 
-def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dict) -> Path:
+def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dict,
+                     grid: tuple = (None, None)) -> Path:
     """Write the views of a scene (training and held-out together) whose camera azimuth around the
     grid centre is in [0, 180) degrees as dest/train, and those of the other half whose viewing
     direction is at least `margin` degrees from every training view's as dest/test; returns dest."""
-    by_split, cfg = all_views(data, sizes)
+    by_split, cfg = all_views(data, sizes, grid)
     views = [(split, scene, k) for split, scene in by_split.items()
              for k in range(len(scene.names))]
     poses = torch.cat([scene.poses for scene in by_split.values()]).double().numpy()
@@ -96,11 +101,12 @@ def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dict) -> Path
                               "test": [v for v, keep in zip(views, held_out) if keep]}, cfg)
 
 
-def split_sparse(data: Path, dest: Path, n_views: int, sizes: dict) -> Path:
+def split_sparse(data: Path, dest: Path, n_views: int, sizes: dict,
+                 grid: tuple = (None, None)) -> Path:
     """Write n_views of a scene's training views as dest/train, chosen far apart: each next one the
     view whose direction is farthest from those already chosen (starting from the first); its
     held-out views as dest/test; returns dest."""
-    by_split, cfg = all_views(data, sizes)
+    by_split, cfg = all_views(data, sizes, grid)
     if "test" not in by_split:
         raise dv.DataError(f"{data}: --holdout sparse tests on the scene's held-out views, and it "
                            "has none")
@@ -170,19 +176,21 @@ def main(argv=None) -> None:
         if folder != out:
             print(f"ablation folder {folder}: {out} holds another ablation "
                   "(--out chooses the folder)")
-        compare(args, train_flags, folder, sizes)
+        compare(args, train_flags, folder, sizes, (run.grid_center or None, run.grid_scale or None))
 
 
-def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: dict) -> None:
+def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: dict,
+            grid: tuple) -> None:
     """Train both models into out/softmax and out/naive (unless --compare_only), then compare
-    them; `sizes`: the model sizes of train.py's flags (a hold-out is written at their img_size)."""
+    them; `sizes`: the model sizes of train.py's flags (a hold-out is written at their img_size),
+    `grid`: its --grid_center and --grid_scale (None where not given)."""
     if line := synthetic.generating(args.data):
         print(line)
     synthetic.find_scene(args.data)
     if args.holdout == "half":
-        args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin, sizes))
+        args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin, sizes, grid))
     if args.holdout == "sparse":
-        args.data = str(split_sparse(Path(args.data), out / "scene", args.views, sizes))
+        args.data = str(split_sparse(Path(args.data), out / "scene", args.views, sizes, grid))
     kinds = ("softmax", "naive")
     if not args.compare_only:
         for kind in kinds:

@@ -339,7 +339,8 @@ def make_inpainting_net(cfg: Config) -> UNet:
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # 6. Projection to the canonical view volume (paper Sec. 3.2): the target camera's frustum,
-#    one sample per feature pixel and depth plane, read trilinearly from the grid.
+#    one sample per feature pixel and depth plane, read trilinearly from the grid (grid_sample's
+#    "bilinear" on a 5D input).
 #    Point of pixel (u, v) at depth z:  x_world = R (z (u - cx)/fx, z (v - cy)/fy, z) + t
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
@@ -527,8 +528,7 @@ class DeepVoxels(nn.Module):
                 "update_gate": update_gate, "grid": new_grid}
 
     def render_grid(self, grid: torch.Tensor, poses: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Render poses (B, 4, 4) from a grid (1, C, N, N, N): 3D inpainting, then
-        `render_inpainted`."""
+        """Render poses (B, 4, 4) from a grid (1, C, N, N, N): inpainting, then render_inpainted."""
         return self.render_inpainted(self.inpainting(grid), poses)  # inpainted: (1, C, N, N, N)
 
     def render_inpainted(self, inpainted: torch.Tensor,

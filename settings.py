@@ -111,8 +111,8 @@ def parse_args(argv=None, description: str | None = None) -> tuple[TrainConfig, 
             checks.check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
     run = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
     model_sizes = {name: args[name] for name in sizes}
+    # the sizes checked together (a DataError names each that does not fit)
     dv.Config(**{**model_sizes, "feat_size": model_sizes["feat_size"] or dv.Config.feat_size})
-    # (a DataError here names every size that does not fit)
     if 2 * run.crop >= model_sizes["img_size"]:
         raise dv.DataError(f"--crop {run.crop}: leaves no pixel of the {model_sizes['img_size']} "
                            "px images for the loss")

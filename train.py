@@ -2,9 +2,9 @@
 
 Each step, as the authors did: target 1 is a random training view, the source one of its four
 nearest neighbours by viewing direction (never itself), target 2 any random view (it may be
-target 1 or the source again); the source
-is fused into the grid, both targets are rendered, the loss is --l1_weight x L1 + --gan_weight x
-the PatchGAN term (the authors: 200 and 1; here L1 alone)."""
+target 1 or the source again); the source is fused into the grid, both targets are rendered, and
+the loss is --l1_weight x L1 + --gan_weight x the PatchGAN term (the authors: 200 and 1; here L1
+alone). Every setting and its flag: settings.py."""
 
 from __future__ import annotations
 
