@@ -600,10 +600,10 @@ def flushed_denormals():
 
 class FastConv3d(nn.Conv3d):
     """nn.Conv3d that runs a batch of one as a batch of two depth halves on a CPU in fp32: same
-    result, faster. PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1 (or the kernel
-    is larger than 3, or N·C·D·H > 20480); a 3x3x3 convolution of one grid takes its slow im2col
-    path (aten::slow_conv3d) instead. Split along depth, with the one plane of overlap each half
-    needs for its 3x3x3 window, the same convolution is a batch of two and goes to oneDNN.
+    result, faster. PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1
+    (or the kernel is larger than 3, or N·C·D·H > 20480); a 3x3x3 convolution of one grid takes its
+    slow im2col path (aten::slow_conv3d) instead. Split along depth, with the one plane of overlap
+    each half needs for its 3x3x3 window, it is a batch of two and goes to oneDNN.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
