@@ -284,8 +284,7 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor,
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def normalized_coordinates(n: int) -> torch.Tensor:
-    """(1, 3, N, N, N) voxel-centre coordinates in (-1, 1), channels (x, y, z), as the authors
-    concatenate."""
+    """(1, 3, N, N, N) voxel-centre coordinates in (-1, 1) as (x, y, z): the authors' extra input"""
     ticks = (torch.arange(n) + 0.5) * 2 / n - 1
     z, y, x = torch.meshgrid(ticks, ticks, ticks, indexing="ij")
     return torch.stack([x, y, z])[None]
@@ -690,8 +689,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu",
     try:
         cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
         model = DeepVoxels(cfg).to(device)
-        # checkpoints written before the intrinsics were read from the Config carry them as buffers
-        model.load_state_dict({k: v for k, v in state["model"].items() if k not in ("K", "K_feat")})
+        state["model"] = {k: v for k, v in state["model"].items()   # older checkpoints held the
+                          if k not in ("K", "K_feat")}                # intrinsics as buffers too
+        model.load_state_dict(state["model"])
     except Exception as e:
         # missing keys, unknown settings and shape mismatches: another version's file
         reason = (str(e).strip().splitlines() or [""])[0][:120]

@@ -6,7 +6,6 @@ differ from a plain background; views without one (most photographs) are not mea
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

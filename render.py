@@ -165,7 +165,8 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
     rows = torch.cat([figures.resize(test.images[pick], size), figures.resize(pred[pick], size),
                       figures.depth_images(pred_depth, len(pred), size)[pick],
                       figures.resize(error, size)], dim=3)
-    iio.imwrite(out / "sheet.png", np.concatenate(figures.to_uint8(rows)))  # rows stacked vertically
+    # rows stacked vertically
+    iio.imwrite(out / "sheet.png", np.concatenate(figures.to_uint8(rows)))
 
     print(f"{'view':>10} {'PSNR':>7} {'SSIM':>6} | {'nearest view: PSNR':>18} {'SSIM':>6}")
     for row in report["views"] + [{"name": "mean", **report["mean"]}]:

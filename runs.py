@@ -123,13 +123,14 @@ def claimed(folder: Path, new: bool = False):
                 (candidate / LOCK).unlink()
 
 
-def train_folder(data: str, out: str, keep: bool) -> contextlib.AbstractContextManager[Path]:
-    """A training run's folder, claimed: without `out`, runs/<scene> or the first free
-    runs/<scene>-2, -3...; `out` as given, refused when it holds a checkpoint unless `keep`
-    (--resume, --overwrite, --check) says what to do with it."""
+def train_folder(data: str, out: str, reuse: bool,
+                 overwrite: bool) -> contextlib.AbstractContextManager[Path]:
+    """A training run's folder, claimed: without `out`, runs/<scene> (`reuse`: --resume or
+    --check), else the first free of runs/<scene>, runs/<scene>-2, -3...; `out` as given, refused
+    when it holds a checkpoint unless `reuse` or `overwrite` says what to do with it."""
     if not out:
-        return claimed(Path("runs") / Path(data).resolve().name, new=not keep)
-    if (Path(out) / CHECKPOINT).exists() and not keep:
+        return claimed(Path("runs") / Path(data).resolve().name, new=not reuse)
+    if (Path(out) / CHECKPOINT).exists() and not (reuse or overwrite):
         raise DataError(f"{Path(out) / CHECKPOINT}: holds a run already; continue it with "
                         f"--resume, choose another --out, or replace it with --overwrite")
     return claimed(Path(out))

@@ -79,7 +79,7 @@ def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrins
                         f"a different shape from the {w0}x{h0} images")
     s = img_size / side
     fx, fy = intr.focal * w0 / ref_w * s, intr.fy * h0 / ref_h * s
-    intr = replace(intr, focal=fx, focal_y=fy,
+    intr = replace(intr, focal=fx, focal_y=0.0 if fy == fx else fy,
                    cx=(intr.cx * w0 / ref_w - left) * s, cy=(intr.cy * h0 / ref_h - top) * s,
                    size=(img_size, img_size))
     names = [p.stem for p in image_paths]

@@ -41,7 +41,8 @@ class TrainConfig:
     lr: float = flag(4e-4, "Adam learning rate of the model and the discriminator (the "
                            "authors: 4e-4)", (">", 0))
     coarse: float = flag(0.5, "share of the run trained first at half the image size, feature "
-                              "maps and depth planes (0: none; sizes that cannot halve: none)",
+                              "maps and depth planes (the naive occlusion keeps its planes; 0: "
+                              "none; sizes that cannot halve: none)",
                          (">=", 0), ("<", 1))
     decay_from: float = flag(0.75, "share of the run after which the learning rate falls "
                                    "linearly to 0 (1: constant, as the authors)",

@@ -1835,6 +1835,10 @@ def test_the_same_command_twice_keeps_the_first_checkpoint_byte_for_byte(
     assert (tmp_path / "runs" / "cube" / "ckpt.pt").read_bytes() == first
     assert torch.load(tmp_path / "runs" / "cube-2" / "ckpt.pt", weights_only=True)["step"] == 3
     assert "run folder runs/cube-2: runs/cube holds another run" in capsys.readouterr().out
+    # --overwrite is for an --out folder: without one, a new folder as ever
+    quick_run(cube, "--iters", "2", "--overwrite")
+    assert (tmp_path / "runs" / "cube" / "ckpt.pt").read_bytes() == first
+    assert torch.load(tmp_path / "runs" / "cube-3" / "ckpt.pt", weights_only=True)["step"] == 2
     # each run let its folder go
     assert not list((tmp_path / "runs").glob("*/run.lock"))
     with pytest.raises(
@@ -1849,6 +1853,12 @@ def test_the_same_command_twice_keeps_the_first_checkpoint_byte_for_byte(
     # --resume continues runs/<scene>
     quick_run(cube, "--resume", "--iters", "5")
     assert torch.load(tmp_path / "runs" / "cube" / "ckpt.pt", weights_only=True)["step"] == 5
+    # a checkpoint written when the model held its intrinsics as buffers resumes too
+    state = torch.load(tmp_path / "runs" / "cube" / "ckpt.pt", weights_only=True)
+    state["model"].update(K=torch.eye(3), K_feat=torch.eye(3))
+    torch.save(state, tmp_path / "runs" / "cube" / "ckpt.pt")
+    quick_run(cube, "--resume", "--iters", "6")
+    assert torch.load(tmp_path / "runs" / "cube" / "ckpt.pt", weights_only=True)["step"] == 6
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line_and_the_first_ends_intact(
@@ -1939,19 +1949,19 @@ def test_render_numbers_are_checked_in_one_line(tmp_path, flags, message):
     assert result.returncode == 1 and result.stderr == f"error: {message}\n"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--iters", "0"], "--iters: the value must be a finite number >= 1, got 0"),
-    (["--minutes", "inf"], "--minutes: the value must be a finite number >= 0, got inf"),
-    (["--rows", "0"], "--rows: the value must be a finite number >= 1, got 0"),
-    (["--margin", "nan"], "--margin: the value must be a finite number >= 0 and < 180, got nan"),
-    (["--views", "1"], "--views: the value must be a finite number >= 2, got 1"),
+@pytest.mark.parametrize("flag, message", [
+    ("--iters 0", "--iters: the value must be a finite number >= 1, got 0"),
+    ("--minutes inf", "--minutes: the value must be a finite number >= 0, got inf"),
+    ("--rows 0", "--rows: the value must be a finite number >= 1, got 0"),
+    ("--margin nan", "--margin: the value must be a finite number >= 0 and < 180, got nan"),
+    ("--views 1", "--views: the value must be a finite number >= 2, got 1"),
 ])
-def test_ablation_and_benchmark_numbers_are_checked_in_one_line(tmp_path, flags, message):
+def test_ablation_and_benchmark_numbers_are_checked_in_one_line(tmp_path, flag, message):
     import ablation
     import benchmark
 
     with pytest.raises(dv.DataError, match=re.escape(message)):
-        ablation.main(["--out", str(tmp_path), *flags])
+        ablation.main(["--out", str(tmp_path), *flag.split()])
     with pytest.raises(dv.DataError,
                        match=re.escape("--repeats: the value must be a finite number >= 1, got 0")):
         benchmark.main(["--repeats", "0"])

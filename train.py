@@ -92,10 +92,10 @@ def training_step(parts: dict, images: torch.Tensor, poses: torch.Tensor,
 def main(argv=None) -> None:
     """Train as the flags say; never exits, and leaves signal handlers, denormal flushing and
     torch's random state as it found them."""
-    run, sizes = settings.parse_args(argv, __doc__)
+    run, sizes = settings.parse_args(argv, description=__doc__)
     with dv.flushed_denormals(), torch.random.fork_rng(
             devices=[] if torch.device(run.device).type == "cpu" else None):
-        with runs.train_folder(run.data, run.out, run.resume or run.overwrite or run.check) as out:
+        with runs.train_folder(run.data, run.out, run.resume or run.check, run.overwrite) as out:
             fit(run, sizes, out)
 
 
@@ -214,9 +214,11 @@ def fit(run: TrainConfig, sizes: dict, out: Path) -> None:
             set_learning_rate(parts["optimizer"], run, share)
             coarse_now = coarse is not None and share < run.coarse
             model.cfg = coarse if coarse_now else cfg  # the same weights run at either size
-            loss = training_step(parts, coarse_images if coarse_now else images, poses,
-                                 sample_views(neighbours, progress["sampler"]), run)
-            model.cfg = cfg
+            try:
+                loss = training_step(parts, coarse_images if coarse_now else images, poses,
+                                     sample_views(neighbours, progress["sampler"]), run)
+            finally:
+                model.cfg = cfg  # evaluations and checkpoints at full size
             if not (math.isfinite(loss) and model.grid.isfinite().all()):
                 raise Diverged(f"step {progress['step'] + 1}: loss {loss:.4g}, grid max "
                                f"{model.grid.abs().max().item():.3g}: training diverged (try a "
