@@ -143,9 +143,9 @@ def main(argv=None) -> None:
     checks.check_device(run_flags.device)
     _, sizes = settings.parse_args(rest)  # the model-size flags of train.py
     torch.set_flush_denormal(True)
-    size = sizes["img_size"]  # feature maps: --feat_size, else Config's (train.py asks the scene)
-    cfg = dv.Config(**{**sizes, "feat_size": sizes["feat_size"] or dv.Config.feat_size,
-                       "focal": 1.25 * size, "cx": size / 2, "cy": size / 2, "grid_scale": 1.25})
+    size = sizes["img_size"]
+    cfg = dv.Config(**{**settings.fixed_sizes(sizes), "focal": 1.25 * size, "cx": size / 2,
+                       "cy": size / 2, "grid_scale": 1.25})
     fp32 = stage_timings(cfg, run_flags.device, "fp32", run_flags.repeats,
                          run_flags.profile == "fp32")
     if dv.resolve_precision(run_flags.device) == "bf16":  # where train.py's auto would use it

@@ -112,12 +112,17 @@ def parse_args(argv=None, description: str | None = None) -> tuple[TrainConfig, 
             checks.check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
     run = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
     model_sizes = {name: args[name] for name in sizes}
-    # the sizes checked together (a DataError names each that does not fit)
-    dv.Config(**{**model_sizes, "feat_size": model_sizes["feat_size"] or dv.Config.feat_size})
+    dv.Config(**fixed_sizes(model_sizes))  # checked together: a DataError names each that fails
     if 2 * run.crop >= model_sizes["img_size"]:
         raise dv.DataError(f"--crop {run.crop}: leaves no pixel of the {model_sizes['img_size']} "
                            "px images for the loss")
     return run, model_sizes
+
+
+def fixed_sizes(sizes: dict) -> dict:
+    """The sizes with a feature-map size left to the scene (0) at Config's default: where no scene
+    decides (the checks above, benchmark.py)."""
+    return {**sizes, "feat_size": sizes["feat_size"] or dv.Config.feat_size}
 
 
 def add_flag(parser: argparse.ArgumentParser, name: str, kind: str, default, help: str,
