@@ -6,13 +6,14 @@ and fused in by a GRU whose hidden state *is* the grid; the grid is inpainted by
 resampled into a target camera's frustum (the canonical view volume), flattened by a learned
 occlusion softmax over depth and turned into an image by a 2D rendering network.
 
-The file follows the paper's order (scenes.py and the modules it names hold the data side):
+The file follows the paper's order (the folder scenes/ holds the data side and the runs):
   1. Cameras                 5. 3D inpainting                          9. The whole model
   2. Feature extraction      6. Projection to the canonical view volume
   3. Lifting                 7. Occlusion (visibility softmax, depth map)
   4. GRU integration         8. Rendering network
-  with a building block, the U-Net, between 1 and 2. Then three short parts that are not the
-  paper: running fast on a CPU (mixed precision, FastConv3d), metrics (PSNR, SSIM), checkpoints.
+  with the model's sizes (Config) and a building block, the U-Net, between 1 and 2. Two pieces are
+  not the paper, only speed on a CPU: FastConv3d (beside the U-Net that uses it) and, at the end,
+  mixed precision.
 
 Camera convention (stated once, used everywhere)
   * Poses are 4x4 camera-to-world matrices in the OpenCV convention: camera x points right,
@@ -25,7 +26,7 @@ Camera convention (stated once, used everywhere)
   * The voxel grid is an axis-aligned cube of side `grid_scale` world units centred at
     `grid_center`, with N voxels per side. It is stored as (C, D, H, W) = (C, z, y, x), the
     layout `torch.nn.functional.grid_sample` expects; sampling coordinates are (x, y, z).
-    Where it goes is the scene's business: `scenes.scene_config`.
+    Where it goes is the scene's business: `scenes/grid.py`.
 
 Shape letters: B batch, C feature channels, N voxels per grid side, D depth planes of the view
 volume, h x w the 2D feature maps, H x W the images.
@@ -36,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -45,64 +45,6 @@ import torch.nn.functional as F
 
 class DataError(Exception):
     """Bad input, with a message that names the file and the problem."""
-
-
-@dataclass
-class Config:
-    """Model sizes and the scene's camera and grid; saved in every checkpoint (what each is for:
-    the help texts of train.py's flags, settings.py)."""
-
-    img_size: int = 64          # H = W of the images the model renders
-    feat_size: int = 32         # h = w of the 2D feature maps used for lifting and projection
-    grid_size: int = 16         # N voxels per grid side (the authors: 32)
-    channels: int = 16          # C features per voxel (the authors: 64)
-    depth_planes: int = 32      # D depth planes of the canonical view volume (the authors: 2N)
-    unet_width: int = 32        # base width of the 2D U-Nets (feature extraction, rendering)
-    occlusion_width: int = 4    # base width of the occlusion network's 3D U-Net
-    occlusion: str = "softmax"  # the paper's visibility softmax, or "naive": its Fig. 5 ablation
-    gru_dropout: float = 0.2    # channel dropout on the GRU proposal's two terms (the authors: 0.2)
-    # The scene: where the grid sits and the camera at img_size (filled from the data).
-    grid_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    grid_scale: float = 1.0
-    near: float = 0.0     # near plane of the view volume; 0 means "from the grid's bounding sphere"
-    focal: float = 64.0   # fx in pixels
-    focal_y: float = 0.0  # fy in pixels; 0 means fy = fx
-    cx: float = 32.0
-    cy: float = 32.0
-
-    def __post_init__(self):
-        # A U-Net of L levels halves its input L times and doubles it back, so each size must
-        # divide by 2^L; at batch 1 (the fused grid, one source view) batch norm needs more than
-        # one value per channel at the bottom. Levels: 3 on feat_size (the encoder's and the
-        # renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D (occlusion).
-        ratio = self.img_size // self.feat_size if self.feat_size > 0 else 0
-        problems = [
-            (ratio < 1 or ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
-             f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be 1, 2, 4, 8...: "
-             "the encoder halves the image down to feat_size"),
-            (self.feat_size % 8 or self.feat_size < 16,
-             f"feat_size ({self.feat_size}) must be a multiple of 8 and at least 16: "
-             "the 2D U-Nets halve it 3 times down to at least 2x2"),
-            (self.grid_size % 4 or self.grid_size < 8,
-             f"grid_size ({self.grid_size}) must be a multiple of 4 and at least 8: "
-             "the inpainting U-Net halves it twice down to at least 2^3"),
-            (self.depth_planes % 4 or self.depth_planes < 4,
-             f"depth_planes ({self.depth_planes}) must be a multiple of 4: "
-             "the occlusion U-Net halves it twice"),
-            (min(self.channels, self.unet_width, self.occlusion_width) < 1,
-             f"channels, unet_width and occlusion_width ({self.channels}, {self.unet_width}, "
-             f"{self.occlusion_width}) must be at least 1"),
-            (not 0 <= self.gru_dropout < 1,
-             f"gru_dropout ({self.gru_dropout}) must be at least 0 and below 1"),
-        ]
-        if any(bad for bad, _ in problems):
-            raise DataError("sizes: " + "; ".join(message for bad, message in problems if bad))
-
-    def intrinsics(self, size: int) -> torch.Tensor:
-        """K of the camera for images (or feature maps) of side `size`: resizing by s scales fx,
-        fy, cx and cy by exactly s (the pixel convention below)."""
-        fy = self.focal_y or self.focal
-        return intrinsics_matrix(self.focal, fy, self.cx, self.cy, size / self.img_size)
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -189,13 +131,97 @@ def view_depth_range(cam2world: torch.Tensor, cfg: Config) -> tuple[torch.Tensor
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# Building block: a U-Net in 2D or 3D (the authors use U-Nets for all four networks)
+# The model's sizes, and the scene's camera and grid: one Config, saved in every checkpoint
 # ─────────────────────────────────────────────────────────────────────────────────────────────
+
+@dataclass
+class Config:
+    """Model sizes and the scene's camera and grid; saved in every checkpoint (what each is for:
+    the help texts of train.py's flags, settings.py)."""
+
+    img_size: int = 64          # H = W of the images the model renders
+    feat_size: int = 32         # h = w of the 2D feature maps used for lifting and projection
+    grid_size: int = 16         # N voxels per grid side (the authors: 32)
+    channels: int = 16          # C features per voxel (the authors: 64)
+    depth_planes: int = 32      # D depth planes of the canonical view volume (the authors: 2N)
+    unet_width: int = 32        # base width of the 2D U-Nets (feature extraction, rendering)
+    occlusion_width: int = 4    # base width of the occlusion network's 3D U-Net
+    occlusion: str = "softmax"  # the paper's visibility softmax, or "naive": its Fig. 5 ablation
+    gru_dropout: float = 0.2    # channel dropout on the GRU proposal's two terms (the authors: 0.2)
+    # The scene: where the grid sits and the camera at img_size (filled from the data).
+    grid_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    grid_scale: float = 1.0
+    near: float = 0.0     # near plane of the view volume; 0 means "from the grid's bounding sphere"
+    focal: float = 64.0   # fx in pixels
+    focal_y: float = 0.0  # fy in pixels; 0 means fy = fx
+    cx: float = 32.0
+    cy: float = 32.0
+
+    def __post_init__(self):
+        # A U-Net of L levels halves its input L times and doubles it back, so each size must
+        # divide by 2^L; at batch 1 (the fused grid, one source view) batch norm needs more than
+        # one value per channel at the bottom. Levels: 3 on feat_size (the encoder's and the
+        # renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D (occlusion).
+        ratio = self.img_size // self.feat_size if self.feat_size > 0 else 0
+        problems = [
+            (ratio < 1 or ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
+             f"img_size / feat_size ({self.img_size} / {self.feat_size}) must be 1, 2, 4, 8...: "
+             "the encoder halves the image down to feat_size"),
+            (self.feat_size % 8 or self.feat_size < 16,
+             f"feat_size ({self.feat_size}) must be a multiple of 8 and at least 16: "
+             "the 2D U-Nets halve it 3 times down to at least 2x2"),
+            (self.grid_size % 4 or self.grid_size < 8,
+             f"grid_size ({self.grid_size}) must be a multiple of 4 and at least 8: "
+             "the inpainting U-Net halves it twice down to at least 2^3"),
+            (self.depth_planes % 4 or self.depth_planes < 4,
+             f"depth_planes ({self.depth_planes}) must be a multiple of 4: "
+             "the occlusion U-Net halves it twice"),
+            (min(self.channels, self.unet_width, self.occlusion_width) < 1,
+             f"channels, unet_width and occlusion_width ({self.channels}, {self.unet_width}, "
+             f"{self.occlusion_width}) must be at least 1"),
+            (not 0 <= self.gru_dropout < 1,
+             f"gru_dropout ({self.gru_dropout}) must be at least 0 and below 1"),
+        ]
+        if any(bad for bad, _ in problems):
+            raise DataError("sizes: " + "; ".join(message for bad, message in problems if bad))
+
+    def intrinsics(self, size: int) -> torch.Tensor:
+        """K of the camera for images (or feature maps) of side `size`: resizing by s scales fx,
+        fy, cx and cy by exactly s (the pixel convention below)."""
+        fy = self.focal_y or self.focal
+        return intrinsics_matrix(self.focal, fy, self.cx, self.cy, size / self.img_size)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# Building block: a U-Net in 2D or 3D (the authors use U-Nets for all four networks), and the
+# faster batch-1 3D convolution it uses on a CPU (not the paper)
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+class FastConv3d(nn.Conv3d):
+    """nn.Conv3d that runs a batch of one as a batch of two depth halves on a CPU in fp32: same
+    result, faster. PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1
+    (or the kernel is larger than 3, or N·C·D·H > 20480); a 3x3x3 convolution of one grid takes its
+    slow im2col path (aten::slow_conv3d) instead. Split along depth, with the one plane of overlap
+    each half needs for its 3x3x3 window, it is a batch of two and goes to oneDNN.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        D = x.shape[2]
+        if (x.shape[0] > 1 or x.device.type != "cpu" or x.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or self.kernel_size != (3, 3, 3)
+                or self.stride != (1, 1, 1) or self.padding != (1, 1, 1) or D % 2):
+            return super().forward(x)
+        padded = F.pad(x, (0, 0, 0, 0, 1, 1))       # (1, C, D+2, H, W): depth padded by hand
+        # (2, C, D/2+2, H, W), overlapping by 2 planes
+        halves = torch.cat([padded[:, :, :D // 2 + 2], padded[:, :, D // 2:]])
+        out = F.conv3d(halves, self.weight, self.bias, padding=(0, 1, 1))       # (2, C', D/2, H, W)
+        return torch.cat([out[:1], out[1:]], dim=2)                               # (1, C', D, H, W)
+
 
 def conv_block(dims: int, c_in: int, c_out: int, stride: int = 1,
                transpose: bool = False) -> nn.Sequential:
     """Conv (3x3, or 4x4 when it changes the resolution) -> BatchNorm -> LeakyReLU(0.2)."""
-    # FastConv3d is nn.Conv3d, only faster on a CPU (see "Running fast on a CPU" at the end)
+    # FastConv3d is nn.Conv3d, only faster on a CPU (just above)
     Conv = {(2, False): nn.Conv2d, (3, False): FastConv3d,
             (2, True): nn.ConvTranspose2d, (3, True): nn.ConvTranspose3d}[dims, transpose]
     Norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
@@ -265,8 +291,8 @@ def lift(features: torch.Tensor, cam2world: torch.Tensor,
     """
     B, _, h, w = features.shape
     centers = voxel_centers(cfg).to(features.device).expand(B, -1, -1, -1, -1)   # (B, N, N, N, 3)
-    # (B, N, N, N, 2), (B, N, N, N)
     K_feat = cfg.intrinsics(w).to(features.device)                # the camera at the maps' size
+    # (B, N, N, N, 2), (B, N, N, N)
     uv, z = camera_to_pixel(world_to_camera(centers, cam2world), K_feat)
     inside = ((z > 1e-6) & (uv[..., 0] >= 0) & (uv[..., 0] <= w)
               & (uv[..., 1] >= 0) & (uv[..., 1] <= h))
@@ -515,8 +541,9 @@ class DeepVoxels(nn.Module):
              source_pose: torch.Tensor) -> dict[str, torch.Tensor]:
         """Lift one source view (1, 3, H, W) with pose (1, 4, 4) and fuse it into the grid.
 
-        The old grid enters detached, so gradients cover one step (as the authors did); the new
-        grid replaces the buffer (rebinding, not copy_, keeps the autograd graph intact).
+        The old grid enters detached, so gradients cover one step (as the authors did). The new
+        grid, detached too, replaces the buffer by rebinding the name: copy_ into the old buffer
+        would change a tensor the GRU saved for its backward pass (autograd would refuse it).
         """
         features = self.encoder(source_image)                              # (1, C, h, w)
         # (1, C, N, N, N), (1, 1, N, N, N)
@@ -563,7 +590,7 @@ def parameter_count(module: nn.Module) -> int:
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# Running fast on a CPU (not the paper): mixed precision and a faster batch-1 3D convolution
+# Running fast on a CPU (not the paper): mixed precision, denormals (FastConv3d: by the U-Net)
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def resolve_precision(device: str, precision: str = "auto") -> str:
@@ -595,106 +622,3 @@ def flushed_denormals():
         yield
     finally:
         torch.set_flush_denormal(before)
-
-
-class FastConv3d(nn.Conv3d):
-    """nn.Conv3d that runs a batch of one as a batch of two depth halves on a CPU in fp32: same
-    result, faster. PyTorch's CPU convolution hands fp32 work to oneDNN only when the batch is > 1
-    (or the kernel is larger than 3, or N·C·D·H > 20480); a 3x3x3 convolution of one grid takes its
-    slow im2col path (aten::slow_conv3d) instead. Split along depth, with the one plane of overlap
-    each half needs for its 3x3x3 window, it is a batch of two and goes to oneDNN.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        D = x.shape[2]
-        if (x.shape[0] > 1 or x.device.type != "cpu" or x.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or self.kernel_size != (3, 3, 3)
-                or self.stride != (1, 1, 1) or self.padding != (1, 1, 1) or D % 2):
-            return super().forward(x)
-        padded = F.pad(x, (0, 0, 0, 0, 1, 1))       # (1, C, D+2, H, W): depth padded by hand
-        # (2, C, D/2+2, H, W), overlapping by 2 planes
-        halves = torch.cat([padded[:, :, :D // 2 + 2], padded[:, :, D // 2:]])
-        out = F.conv3d(halves, self.weight, self.bias, padding=(0, 1, 1))       # (2, C', D/2, H, W)
-        return torch.cat([out[:1], out[1:]], dim=2)                               # (1, C', D, H, W)
-
-
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-# Metrics (not the paper): PSNR and SSIM
-#    (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03)
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of (B, 3, H, W) images in [0, 1]:  -10 log10(MSE)."""
-    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(1).mean(1)
-    return -10 * torch.log10(mse.clamp(min=1e-10))
-
-
-def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM of (B, 3, H, W) images in [0, 1], averaged over channels and valid windows."""
-    x, y = pred.clamp(0, 1).double(), target.double()
-    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5 ** 2))
-    g = g / g.sum()
-    window = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
-
-    def blur(img: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(img, window, groups=3)                              # (B, 3, H-10, W-10)
-
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mu_x, mu_y = blur(x), blur(y)
-    var_x, var_y = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2
-    cov = blur(x * y) - mu_x * mu_y
-    s = (((2 * mu_x * mu_y + c1) * (2 * cov + c2))
-         / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
-    return s.flatten(1).mean(1).float()
-
-
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-# Checkpoints (not the paper): plain data (weights_only loading), written atomically
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint. Any
-    failure (a full disk, a file-size limit: torch.save raises RuntimeError as well as OSError) is
-    one DataError line, and the partial temporary file is removed."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(state, tmp)
-        tmp.replace(path)
-    except (OSError, RuntimeError) as e:  # RuntimeError: torch.save's own writer
-        tmp.unlink(missing_ok=True)
-        reason = (e.strerror if isinstance(e, OSError) and e.strerror
-                  else "the write stopped part-way: is the disk full?")
-        raise DataError(f"{path}: cannot write the checkpoint ({reason})") from None
-
-
-def load_checkpoint(path: str | Path, device: str = "cpu",
-                    needs: dict[str, type] | None = None) -> tuple[DeepVoxels, dict]:
-    """Rebuild the model from a checkpoint (its own Config); returns the model and the whole state,
-    which must hold every entry of `needs` ({"step": int, ...}) with its type."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception:  # empty, truncated, foreign, or a pickle that is more than plain data
-        raise DataError(f"{path}: not a DeepVoxels checkpoint "
-                        "(not a readable file of plain tensors)") from None
-    needs = {"config": dict, "model": dict, **(needs or {})}
-    missing = [key for key, kind in needs.items()
-               if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
-    if missing:
-        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version "
-                        f"(no valid {', '.join(missing)} entry)")
-    try:
-        cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
-        model = DeepVoxels(cfg).to(device)
-        state["model"] = {k: v for k, v in state["model"].items()   # older checkpoints held the
-                          if k not in ("K", "K_feat")}                # intrinsics as buffers too
-        model.load_state_dict(state["model"])
-    except Exception as e:
-        # missing keys, unknown settings and shape mismatches: another version's file
-        reason = (str(e).strip().splitlines() or [""])[0][:120]
-        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version "
-                        f"({type(e).__name__} {reason})") from None
-    return model, state

@@ -10,7 +10,7 @@
 The model, its configuration, the orbit's radius and where its data is come from the checkpoint: a
 run renders from any working directory; where its data folder is gone, the orbit alone. Metrics are
 computed at the size the model renders (its img_size); --size only resizes the images written. The
-interactive viewer and the architecture figure are in viewer.py.
+interactive viewer and the architecture figure: python -m tools.viewer.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-import checks
-import dataset
 import deepvoxels as dv
-import figures
-import runs
-import scenes
+from scenes import dataset, evaluation, figures, runs, settings, views
+from scenes.files import check_number, to_uint8
+from scenes.layouts import read_pose_folder
 
 VIDEO_FPS = 12   # playback speed of the orbit: 36 frames make a 3-second turn
 SHEET_VIEWS = 4  # test views on sheet.png, spread over the test split
@@ -37,7 +35,7 @@ SHEET_VIEWS = 4  # test views on sheet.png, spread over the test split
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags; every one has a default, so `python render.py` renders the newest run."""
-    p = checks.ArgumentParser(description=__doc__,
+    p = settings.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
@@ -52,31 +50,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=0,
                    help="pixel size of the written frames (default: the model's img_size)")
     p.add_argument("--out", help="output folder (default: <run>/render)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="bf16 (mixed precision), fp32, or auto: bf16 on a GPU or a CPU with bf16 "
-                        "units (default: auto)")
+    settings.add_device_flags(p)
     args = p.parse_args(argv)
-    checks.check_number("--frames", "the value", args.frames, (">=", 1))
-    checks.check_number("--elevation", "the value", args.elevation, (">=", -90), ("<=", 90))
-    checks.check_number("--size", "the value", args.size, (">=", 0))
-    checks.check_device(args.device)
+    check_number("--frames", "the value", args.frames, (">=", 1))
+    check_number("--elevation", "the value", args.elevation, (">=", -90), ("<=", 90))
+    check_number("--size", "the value", args.size, (">=", 0))
+    settings.check_device(args.device)
     return args
-
-
-def read_poses(folder: Path) -> torch.Tensor:
-    """(V, 4, 4) camera-to-world poses from the .txt files of a folder, in name order; inverted when
-    the intrinsics.txt beside the folder (a DeepVoxels split's) says they are world-to-camera."""
-    files = sorted(folder.glob("*.txt"))
-    if not files:
-        raise dv.DataError(f"{folder}: no pose .txt files found" if folder.is_dir()
-                           else f"{folder}: no such poses folder")
-    poses = np.stack([checks.read_pose(f) for f in files])
-    beside = folder.parent / "intrinsics.txt"
-    if beside.is_file() and checks.read_intrinsics(beside).world2cam:
-        poses = np.linalg.inv(poses)
-    return torch.from_numpy(poses).float()
 
 
 def write_video(stem: Path, frames: np.ndarray) -> list[Path]:
@@ -86,8 +66,8 @@ def write_video(stem: Path, frames: np.ndarray) -> list[Path]:
         iio.imwrite(stem.with_suffix(".mp4"), frames, fps=VIDEO_FPS)
     except Exception as e:  # imageio raises OSError without a backend, others when one fails
         stem.with_suffix(".mp4").unlink(missing_ok=True)
-        print(f"note: no {stem.name}.mp4, imageio could not write MP4 ({type(e).__name__}); "
-              "pip install imageio[ffmpeg] adds a writer")
+        print(f"wrote {stem.name}.gif; for an MP4 as well, pip install imageio[ffmpeg] "
+              f"(imageio has no MP4 writer here: {type(e).__name__})")
         return [stem.with_suffix(".gif")]
     return [stem.with_suffix(".gif"), stem.with_suffix(".mp4")]
 
@@ -96,19 +76,18 @@ def main(argv=None) -> dict:
     """Render the orbit (or --poses), score every test view, write the sheet; returns what
     metrics.json holds (without the data folder: the orbit alone, and what it wrote)."""
     args = parse_args(argv)
-    torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
     ckpt = runs.newest_checkpoint(args.ckpt, args.run)
-    model, state = dv.load_checkpoint(ckpt, args.device,  # weights_only
-                                      {"step": int, "seconds": float, "scene": dict})
+    model, state = runs.load_checkpoint(ckpt, args.device,  # weights_only
+                                        {"step": int, "seconds": float, "scene": dict})
     model.eval()
     data = Path(args.data) if args.data else runs.find_data(state["scene"]["data"], ckpt)
     if args.data and not data.is_dir():
         raise dv.DataError(f"{data}: no such data folder")
-    path = read_poses(Path(args.poses)) if args.poses else None
+    path = read_pose_folder(Path(args.poses)) if args.poses else None
     out = Path(args.out or ckpt.parent / "render")
     video = "path" if args.poses else "orbit"
-    checks.check_writable(out, "metrics.json", "sheet.png", f"{video}.gif", f"{video}.mp4")
-    with runs.claimed(out):  # one command at a time writes there
+    with runs.claimed(out), dv.flushed_denormals():  # one command at a time writes there
+        runs.check_writable(out, "metrics.json", "sheet.png", f"{video}.gif", f"{video}.mp4")
         return render_run(model, state, ckpt, data, path, out, args)
 
 
@@ -124,14 +103,14 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
 
     # 1. The orbit (or --poses), RGB | depth per frame.
     if path is None:
-        path = scenes.orbit_poses(cfg.grid_center, state["scene"]["orbit_radius"], args.frames,
+        path = views.orbit_poses(cfg.grid_center, state["scene"]["orbit_radius"], args.frames,
                                   args.elevation)
-    rgb, depth, seconds = figures.render_views(model, path, args.device, args.precision)
+    rgb, depth, seconds = evaluation.render_views(model, path, args.device, args.precision)
     near, far = dv.view_depth_range(path, cfg)  # one colour scale for every frame
     depth_range = (near.min().item(), far.max().item())
     frames = torch.cat([figures.resize(rgb, size),
                         figures.depth_images(depth, len(rgb), size, depth_range)], dim=3)
-    videos = write_video(out / ("path" if args.poses else "orbit"), figures.to_uint8(frames))
+    videos = write_video(out / ("path" if args.poses else "orbit"), to_uint8(frames))
     if data is None:
         print(f"{state['scene']['data']['absolute']}: the data folder is gone: wrote "
               f"{', '.join(map(str, videos))} only (the metrics and sheet.png need --data)")
@@ -139,15 +118,16 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
                 "videos": [str(v) for v in videos]}
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
-    train, test, layout = dataset.load_scene(data, cfg.img_size)
-    print(*dataset.describe(data, train, test, layout), sep="\n")
+    train, test, _ = dataset.open_scene(data, settings.sizes_of(cfg), cfg.grid_center,
+                                        cfg.grid_scale)
     split, test = ("train", train) if test is None else ("test", test)
-    pred, pred_depth, test_seconds = figures.render_views(model, test.poses, args.device,
+    pred, pred_depth, test_seconds = evaluation.render_views(model, test.poses, args.device,
                                                           args.precision)
-    nearest = scenes.nearest_view_baseline(train, test.poses)
-    scores = {"psnr": dv.psnr(pred, test.images), "ssim": dv.ssim(pred, test.images),
-              "baseline_psnr": dv.psnr(nearest, test.images),
-              "baseline_ssim": dv.ssim(nearest, test.images)}
+    nearest = evaluation.nearest_view_baseline(train, test.poses)
+    scores = {"psnr": evaluation.psnr(pred, test.images),
+              "ssim": evaluation.ssim(pred, test.images),
+              "baseline_psnr": evaluation.psnr(nearest, test.images),
+              "baseline_ssim": evaluation.ssim(nearest, test.images)}
     ms = 1000 * statistics.median((seconds + test_seconds)[1:])   # the first view warms up
     report = {"checkpoint": str(ckpt), "step": state["step"], "data": str(data), "split": split,
               "img_size": cfg.img_size, "device": args.device, "precision": precision,
@@ -159,14 +139,14 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
 
     # 3. The sheet: ground truth | prediction | depth | absolute error
     #    (mean over colours, not scaled).
-    pick = torch.linspace(0, len(test.names) - 1, min(SHEET_VIEWS, len(test.names))).round().long()
+    pick = views.evenly_spaced(len(test.names), SHEET_VIEWS)
     error = ((pred[pick].clamp(0, 1) - test.images[pick]).abs().mean(1, keepdim=True)
              .expand(-1, 3, -1, -1))
     rows = torch.cat([figures.resize(test.images[pick], size), figures.resize(pred[pick], size),
                       figures.depth_images(pred_depth, len(pred), size)[pick],
                       figures.resize(error, size)], dim=3)
     # rows stacked vertically
-    iio.imwrite(out / "sheet.png", np.concatenate(figures.to_uint8(rows)))
+    iio.imwrite(out / "sheet.png", np.concatenate(to_uint8(rows)))
 
     print(f"{'view':>10} {'PSNR':>7} {'SSIM':>6} | {'nearest view: PSNR':>18} {'SSIM':>6}")
     for row in report["views"] + [{"name": "mean", **report["mean"]}]:
@@ -180,4 +160,4 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
 
 
 if __name__ == "__main__":
-    checks.run_command(main)
+    settings.run_command(main)

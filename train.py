@@ -4,7 +4,9 @@ Each step, as the authors did: target 1 is a random training view, the source on
 nearest neighbours by viewing direction (never itself), target 2 any random view (it may be
 target 1 or the source again); the source is fused into the grid, both targets are rendered, and
 the loss is --l1_weight x L1 + --gan_weight x the PatchGAN term (the authors: 200 and 1; here L1
-alone). Every setting and its flag: settings.py."""
+alone). The first --coarse share of the run trains at half the size. Every setting and its flag:
+scenes/settings.py.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +19,163 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import dataset
 import deepvoxels as dv
-import figures
-import runs
-import scenes
-import settings
-import synthetic
-from checks import check_writable, run_command
-from settings import TrainConfig
+from scenes import dataset, evaluation, figures, runs, settings, views
+from scenes.layouts import Scene
+from scenes.settings import TrainConfig
+
+
+def main(argv=None) -> None:
+    """Train as the flags say; never exits, and leaves signal handlers, denormal flushing and
+    torch's random state as it found them."""
+    run, sizes = settings.parse_args(argv, description=__doc__)
+    with dv.flushed_denormals(), torch.random.fork_rng(
+            devices=[] if torch.device(run.device).type == "cpu" else None):
+        # the scene first: bad data leaves no run folder behind
+        train, held_out, cfg = dataset.open_scene(run.data, sizes, run.grid_center or None,
+                                                  run.grid_scale or None)
+        with runs.train_folder(run.data, run.out, run.resume or run.check, run.overwrite) as out:
+            if not run.out and out.name != Path(run.data).resolve().name:
+                print(f"run folder {out}: {out.with_name(Path(run.data).resolve().name)} holds "
+                      f"another run (--out chooses the folder)")
+            runs.check_writable(out, runs.CHECKPOINT, "history.json", "cameras.png",
+                                "preview.png")
+            figures.plot_setup(out / "cameras.png", train, held_out, cfg)
+            if run.check:
+                print(f"wrote {out / 'cameras.png'}; --check: not training")
+                return
+            fit(run, train, held_out, cfg, out)
+
+
+@dataclasses.dataclass
+class Training:
+    """What a run carries from step to step: the networks and their optimisers (named as in the
+    checkpoint), how far it has come, and the generator that draws its views."""
+
+    model: dv.DeepVoxels
+    optimizer: torch.optim.Optimizer
+    discriminator: dv.PatchDiscriminator | None = None   # with --gan_weight > 0
+    disc_optimizer: torch.optim.Optimizer | None = None
+    sampler: torch.Generator = dataclasses.field(default_factory=torch.Generator)
+    step: int = 0
+    seconds: float = 0.0                          # of training, evaluations left out
+    history: list[dict] = dataclasses.field(default_factory=list)   # one row per evaluation
+    kept: str = "no checkpoint was written"       # what an error line says survives
+
+    def parts(self) -> dict:
+        """The networks and optimisers by their checkpoint names (the discriminator's if any)."""
+        names = ("model", "optimizer", "discriminator", "disc_optimizer")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def fit(run: TrainConfig, train: Scene, held_out: Scene | None, cfg: dv.Config, out: Path) -> None:
+    """Build or resume the model, train it into the folder `out`, evaluate and checkpoint it as it
+    goes (every --eval_every seconds, and at the end)."""
+    state = build_or_resume(run, cfg, out / runs.CHECKPOINT)
+    score = Scoring.of(run, train, held_out, state, out)
+    phases = training_phases(run, cfg, train.images.to(run.device))
+    poses, neighbours = train.poses.to(run.device), views.view_neighbours(train.poses)
+    budget = run.minutes * 60 if run.minutes > 0 else math.inf
+    log = Log(run, score, budget, state)
+    next_eval, start = score.next_evaluation(state), time.perf_counter() - state.seconds
+    with runs.stop_requests() as stop:
+        while state.step < run.iters and state.seconds < budget and not stop:
+            share = max(state.step / run.iters, state.seconds / budget)   # of the run, so far
+            set_learning_rate(state.optimizer, run, share)
+            phase_cfg, images = next((c, i) for until, c, i in phases if share < until)
+            state.model.cfg = phase_cfg   # the same weights run at either size
+            try:
+                loss = training_step(state, images, poses,
+                                     sample_views(neighbours, state.sampler), run)
+            finally:
+                state.model.cfg = cfg     # evaluations and checkpoints at full size
+            check_finite(state, loss)
+            state.step, state.seconds = state.step + 1, time.perf_counter() - start
+            last = state.step == run.iters or state.seconds >= budget
+            if state.seconds >= next_eval or last:
+                start += score.evaluate_and_save(state)   # evaluating is not training time
+                next_eval += run.eval_every
+            log.step(state, loss, last)
+    save_checkpoint(state, run, out / runs.CHECKPOINT, score.scene)
+    log.end(state, out / runs.CHECKPOINT, interrupted=bool(stop))
+
+
+def build_or_resume(run: TrainConfig, cfg: dv.Config, ckpt_path: Path) -> Training:
+    """The networks and optimisers, new and seeded, or with --resume the checkpoint's if it fits
+    the flags."""
+    torch.manual_seed(run.seed)
+    model = dv.DeepVoxels(cfg).to(run.device)
+    disc = dv.PatchDiscriminator(cfg.unet_width).to(run.device) if run.gan_weight > 0 else None
+    state = Training(model, torch.optim.Adam(model.parameters(), lr=run.lr, fused=True),  # fused:
+                     disc, disc and torch.optim.Adam(disc.parameters(), lr=run.lr, fused=True),
+                     torch.Generator().manual_seed(run.seed))                # one kernel, faster
+    if not run.resume:
+        return state
+    needs = {"step": int, "seconds": float, "history": list, "train_config": dict,
+             "torch_rng": torch.Tensor, "sampler_rng": torch.Tensor}
+    resumed, saved = runs.load_checkpoint(ckpt_path, run.device, needs)
+    trained = {**dataclasses.asdict(resumed.cfg),
+               "gan_weight": saved["train_config"].get("gan_weight", 0.0)}   # with or without a
+    now = {**dataclasses.asdict(cfg), "gan_weight": run.gan_weight}         # discriminator
+    if changed := [f"{k} {v} (now {now[k]})" for k, v in trained.items() if now[k] != v]:
+        raise dv.DataError(f"{ckpt_path}: checkpoint was trained with another configuration: "
+                           f"{', '.join(changed)}; resume with the same flags")
+    for name, part in state.parts().items():  # the networks, then their optimisers
+        if not isinstance(saved.get(name), dict):
+            raise dv.DataError(f"{ckpt_path}: not a DeepVoxels checkpoint of this version "
+                               f"(no valid {name} entry)")
+        part.load_state_dict(saved[name])
+    state.step, state.seconds, state.history = saved["step"], saved["seconds"], saved["history"]
+    state.kept = f"{ckpt_path} keeps step {state.step}, the last finite state"
+    torch.set_rng_state(saved["torch_rng"])
+    state.sampler.set_state(saved["sampler_rng"])
+    print(f"resumed {ckpt_path} at step {state.step}")
+    return state
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# One step
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def sample_views(neighbours: torch.Tensor, generator: torch.Generator) -> tuple[int, int, int]:
+    """(source, target 1, target 2): a random target 1, the source one of its neighbours (its row
+    of (V, k), never itself), a random target 2."""
+    target1 = torch.randint(len(neighbours), (), generator=generator).item()
+    source = neighbours[target1, torch.randint(neighbours.shape[1], (), generator=generator)].item()
+    target2 = torch.randint(len(neighbours), (), generator=generator).item()
+    return source, target1, target2
+
+
+def training_step(state: Training, images: torch.Tensor, poses: torch.Tensor,
+                  views: tuple[int, int, int], run: TrainConfig) -> float:
+    """Fuse the source view, render both targets, take an Adam step on the loss (then the
+    discriminator's); returns the loss."""
+    (source, target1, target2), disc = views, state.discriminator
+    with dv.mixed_precision(run.device, run.precision):
+        pred = state.model(images[source:source + 1], poses[source:source + 1],
+                           poses[[target1, target2]])["rgb"]              # (2, 3, H, W)
+    c, size = run.crop, images.shape[-1]  # the loss leaves out a border of c pixels
+    pred, target = (pred.float()[..., c:size - c, c:size - c],
+                    images[[target1, target2]][..., c:size - c, c:size - c])
+    loss = run.l1_weight * F.l1_loss(pred, target)
+    if disc is not None:
+        loss = loss + run.gan_weight * dv.generator_adversarial_loss(disc, pred)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    if disc is not None:  # then the discriminator's own step on real and rendered views
+        state.disc_optimizer.zero_grad(set_to_none=True)
+        dv.discriminator_loss(disc, target, pred).backward()
+        state.disc_optimizer.step()
+    return loss.item()
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, run: TrainConfig, progress: float) -> None:
+    """Constant, then a linear fall to 0 over the last (1 - decay_from) of the run (a higher
+    held-out PSNR than a constant rate)."""
+    decay = min(1.0, (1 - progress) / (1 - run.decay_from)) if run.decay_from < 1 else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = run.lr * decay
 
 
 def coarse_config(cfg: dv.Config) -> dv.Config | None:
@@ -42,12 +192,20 @@ def coarse_config(cfg: dv.Config) -> dv.Config | None:
         return None
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, run: TrainConfig, progress: float) -> None:
-    """Constant, then a linear fall to 0 over the last (1 - decay_from) of the run (a higher
-    held-out PSNR than a constant rate)."""
-    decay = min(1.0, (1 - progress) / (1 - run.decay_from)) if run.decay_from < 1 else 1.0
-    for group in optimizer.param_groups:
-        group["lr"] = run.lr * decay
+def training_phases(run: TrainConfig, cfg: dv.Config,
+                    images: torch.Tensor) -> list[tuple[float, dv.Config, torch.Tensor]]:
+    """[(until this share of the run, Config, training images (V, 3, H, W) at its size)]: the
+    coarse phase at half the size where --coarse asks for one and the sizes can halve, then the
+    full size."""
+    coarse = coarse_config(cfg) if run.coarse > 0 else None
+    if coarse is None:
+        return [(math.inf, cfg, images)]
+    print(f"the first {run.coarse:.0%} of the run at {coarse.img_size}px, "
+          f"{coarse.feat_size} x {coarse.feat_size} feature maps, {coarse.depth_planes} depth "
+          f"planes (--coarse); the held-out PSNR, rendered at {cfg.img_size}px, rises once the "
+          f"run is at that size")
+    half = F.interpolate(images, size=coarse.img_size, mode="area")          # (V, 3, H/2, W/2)
+    return [(run.coarse, coarse, half), (math.inf, cfg, images)]
 
 
 class Diverged(dv.DataError):
@@ -55,222 +213,119 @@ class Diverged(dv.DataError):
     reports it in one line)."""
 
 
-def sample_views(neighbours: torch.Tensor, generator: torch.Generator) -> tuple[int, int, int]:
-    """(source, target 1, target 2): a random target 1, the source one of its neighbours (its row
-    of (V, k), never itself), a random target 2."""
-    target1 = torch.randint(len(neighbours), (), generator=generator).item()
-    source = neighbours[target1, torch.randint(neighbours.shape[1], (), generator=generator)].item()
-    target2 = torch.randint(len(neighbours), (), generator=generator).item()
-    return source, target1, target2
+def check_finite(state: Training, loss: float) -> None:
+    """Raise Diverged when the step's loss or the grid is no longer finite."""
+    if not (math.isfinite(loss) and state.model.grid.isfinite().all()):
+        raise Diverged(f"step {state.step + 1}: loss {loss:.4g}, grid max "
+                       f"{state.model.grid.abs().max().item():.3g}: training diverged (try a "
+                       f"lower --lr); {state.kept}")
 
 
-def training_step(parts: dict, images: torch.Tensor, poses: torch.Tensor,
-                  views: tuple[int, int, int], run: TrainConfig) -> float:
-    """Fuse the source view, render both targets, take an Adam step on the loss (then the
-    discriminator's); returns the loss. `parts`: "model" and "optimizer", and with --gan_weight > 0
-    "discriminator" and "disc_optimizer" (as build_or_resume makes them)."""
-    (source, target1, target2), model, disc = views, parts["model"], parts.get("discriminator")
-    with dv.mixed_precision(run.device, run.precision):
-        pred = model(images[source:source + 1], poses[source:source + 1],
-                     poses[[target1, target2]])["rgb"]                    # (2, 3, H, W)
-    c, size = run.crop, images.shape[-1]  # the loss leaves out a border of c pixels
-    pred, target = (pred.float()[..., c:size - c, c:size - c],
-                    images[[target1, target2]][..., c:size - c, c:size - c])
-    loss = run.l1_weight * F.l1_loss(pred, target)
-    if disc is not None:
-        loss = loss + run.gan_weight * dv.generator_adversarial_loss(disc, pred)
-    parts["optimizer"].zero_grad(set_to_none=True)
-    loss.backward()
-    parts["optimizer"].step()
-    if disc is not None:  # then the discriminator's own step on real and rendered views
-        parts["disc_optimizer"].zero_grad(set_to_none=True)
-        dv.discriminator_loss(disc, target, pred).backward()
-        parts["disc_optimizer"].step()
-    return loss.item()
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# Evaluations, checkpoints and the log
+# ─────────────────────────────────────────────────────────────────────────────────────────────
 
-
-def main(argv=None) -> None:
-    """Train as the flags say; never exits, and leaves signal handlers, denormal flushing and
-    torch's random state as it found them."""
-    run, sizes = settings.parse_args(argv, description=__doc__)
-    with dv.flushed_denormals(), torch.random.fork_rng(
-            devices=[] if torch.device(run.device).type == "cpu" else None):
-        with runs.train_folder(run.data, run.out, run.resume or run.check, run.overwrite) as out:
-            fit(run, sizes, out)
-
-
-def prepare_scene(run: TrainConfig, sizes: dict,
-                  out: Path) -> tuple[scenes.Scene, scenes.Scene | None, dv.Config]:
-    """Training views, held-out views or None, and the model's Config, decided here once: the
-    sizes ({name: value}, settings' flags) with the scene's camera and grid. Writes
-    <out>/cameras.png."""
-    check_writable(out, "ckpt.pt", "history.json", "cameras.png", "preview.png")  # not at a save
-    if not run.out and out != (default := Path("runs") / Path(run.data).resolve().name):
-        print(f"run folder {out}: {default} holds another run (--out chooses the folder)")
-    if line := synthetic.generating(run.data):           # said before the few seconds it takes
-        print(line)
-    train, held_out, cfg, said = dataset.open_scene(run.data, sizes, run.grid_center or None,
-                                                    run.grid_scale or None)
-    print(*said, sep="\n")
-    figures.plot_setup(out / "cameras.png", train, held_out, cfg)
-    if run.check:
-        print(f"grid centred at {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)}, "
-              f"side {cfg.grid_scale:.3g}; wrote {out / 'cameras.png'}; --check: not training")
-    return train, held_out, cfg
-
-
-def build_or_resume(run: TrainConfig, cfg: dv.Config, ckpt_path: Path) -> tuple[dict, dict]:
-    """The networks and optimisers, named as in the checkpoint, and the run's progress (steps,
-    training seconds without evaluations, the evaluations' history, the view sampler): new and
-    seeded, or with --resume the checkpoint's if it fits the flags."""
-    torch.manual_seed(run.seed)
-    model = dv.DeepVoxels(cfg).to(run.device)
-    # fused: one kernel, faster
-    parts = {"model": model,
-             "optimizer": torch.optim.Adam(model.parameters(), lr=run.lr, fused=True)}
-    if run.gan_weight > 0:  # the PatchGAN discriminator and its optimiser
-        parts["discriminator"] = dv.PatchDiscriminator(cfg.unet_width).to(run.device)
-        parts["disc_optimizer"] = torch.optim.Adam(parts["discriminator"].parameters(), lr=run.lr,
-                                                   fused=True)
-    progress = {"step": 0, "seconds": 0.0, "history": [],
-                "sampler": torch.Generator().manual_seed(run.seed),
-                "kept": "no checkpoint was written"}
-    if not run.resume:
-        return parts, progress
-    needs = {"step": int, "seconds": float, "history": list, "train_config": dict,
-             "torch_rng": torch.Tensor, "sampler_rng": torch.Tensor}
-    resumed, saved = dv.load_checkpoint(ckpt_path, run.device, needs)
-    trained = {**dataclasses.asdict(resumed.cfg),
-               "gan_weight": saved["train_config"].get("gan_weight", 0.0)}   # with or without a
-    now = {**dataclasses.asdict(cfg), "gan_weight": run.gan_weight}         # discriminator
-    if changed := [f"{k} {v} (now {now[k]})" for k, v in trained.items() if now[k] != v]:
-        raise dv.DataError(f"{ckpt_path}: checkpoint was trained with another configuration: "
-                           f"{', '.join(changed)}; resume with the same flags")
-    for name, part in parts.items():  # the networks, then their optimisers
-        if not isinstance(saved.get(name), dict):
-            raise dv.DataError(f"{ckpt_path}: not a DeepVoxels checkpoint of this version "
-                               f"(no valid {name} entry)")
-        part.load_state_dict(saved[name])
-    progress.update(step=saved["step"], seconds=saved["seconds"], history=saved["history"],
-                    kept=f"{ckpt_path} keeps step {saved['step']}, the last finite state")
-    torch.set_rng_state(saved["torch_rng"])
-    progress["sampler"].set_state(saved["sampler_rng"])
-    print(f"resumed {ckpt_path} at step {saved['step']}")
-    return parts, progress
-
-
-def save_checkpoint(parts: dict, progress: dict, run: TrainConfig, ckpt_path: Path,
-                    scene: dict) -> None:
+def save_checkpoint(state: Training, run: TrainConfig, ckpt_path: Path, scene: dict) -> None:
     """Write the run's checkpoint, with `scene` (where its data is, the orbit radius); raises
     Diverged instead when the weights or the grid are no longer finite."""
-    if not all(t.isfinite().all() for t in parts["model"].state_dict().values()
+    if not all(t.isfinite().all() for t in state.model.state_dict().values()
                if t.is_floating_point()):
-        raise Diverged(f"step {progress['step']}: the weights or the grid are no longer finite "
-                       f"(training diverged); {progress['kept']}")
-    # a failed write: DataError
-    dv.save_checkpoint(ckpt_path, {name: part.state_dict() for name, part in parts.items()} | {
-        "config": dataclasses.asdict(parts["model"].cfg), "train_config": dataclasses.asdict(run),
-        "torch_rng": torch.get_rng_state(), "sampler_rng": progress["sampler"].get_state(),
-        "scene": scene, **{k: progress[k] for k in ("step", "seconds", "history")}})
-    progress["kept"] = f"{ckpt_path} keeps step {progress['step']}, the last finite state"
+        raise Diverged(f"step {state.step}: the weights or the grid are no longer finite "
+                       f"(training diverged); {state.kept}")
+    runs.save_checkpoint(ckpt_path, {name: p.state_dict() for name, p in state.parts().items()} | {
+        "config": dataclasses.asdict(state.model.cfg), "train_config": dataclasses.asdict(run),
+        "torch_rng": torch.get_rng_state(), "sampler_rng": state.sampler.get_state(),
+        "scene": scene, "step": state.step, "seconds": state.seconds, "history": state.history})
+    state.kept = f"{ckpt_path} keeps step {state.step}, the last finite state"
 
 
-def fit(run: TrainConfig, sizes: dict, out: Path) -> None:
-    """Load the scene, build or resume the model, train it into the folder `out`, evaluate and
-    checkpoint it as it goes."""
-    train, held_out, cfg = prepare_scene(run, sizes, out)
-    if run.check:
-        return
-    parts, progress = build_or_resume(run, cfg, ckpt_path := out / runs.CHECKPOINT)
-    scene = {"data": runs.data_entry(run.data, out),
-             "orbit_radius": scenes.orbit_radius(train.poses, cfg.grid_center)}
-    model = parts["model"]
-    images, poses = train.images.to(run.device), train.poses.to(run.device)
-    neighbours = scenes.view_neighbours(train.poses)                       # (V, min(4, V - 1))
-    test, split, baseline_name, baseline, note = scenes.baseline(train, held_out)
-    # training views scored beside the held-out ones: the gap says whether it fits only its views
-    watch = scenes.spread_views(train, 8) if held_out is not None else None
-    print(*([note] if note else []),
-          f"{len(train.names)} training views, {len(held_out.names) if held_out else 'no'} "
-          f"test views at {cfg.img_size}px; {dv.parameter_count(model) / 1e6:.2f}M parameters; "
-          f"grid {cfg.grid_size}^3 x {cfg.channels} centred at {cfg.grid_center}, side "
-          f"{cfg.grid_scale:.3g}; device {run.device}, "
-          f"{dv.resolve_precision(run.device, run.precision)}",
-          f"{baseline_name} on the {split} views: {baseline:.2f} dB PSNR", sep="\n")
-    coarse = coarse_config(cfg) if run.coarse > 0 else None
-    if coarse is not None:  # the first part of the run, at half the sizes
-        coarse_images = F.interpolate(images, size=coarse.img_size, mode="area")  # (V, 3, H/2, W/2)
-        print(f"the first {run.coarse:.0%} of the run at {coarse.img_size}px, "
-              f"{coarse.feat_size} x {coarse.feat_size} feature maps, "
-              f"{coarse.depth_planes} depth planes (--coarse); the held-out PSNR, rendered at "
-              f"{cfg.img_size}px, rises once the run is at that size")
-    budget = run.minutes * 60 if run.minutes > 0 else math.inf
-    next_eval = (progress["seconds"] // run.eval_every + 1) * run.eval_every
-    last_log, last_log_step, start = (time.perf_counter(), progress["step"],
-                                      time.perf_counter() - progress["seconds"])
-    with runs.stop_requests() as stop:
-        while progress["step"] < run.iters and progress["seconds"] < budget and not stop:
-            share = max(progress["step"] / run.iters, progress["seconds"] / budget)  # of the run
-            set_learning_rate(parts["optimizer"], run, share)
-            coarse_now = coarse is not None and share < run.coarse
-            model.cfg = coarse if coarse_now else cfg  # the same weights run at either size
-            try:
-                loss = training_step(parts, coarse_images if coarse_now else images, poses,
-                                     sample_views(neighbours, progress["sampler"]), run)
-            finally:
-                model.cfg = cfg  # evaluations and checkpoints at full size
-            if not (math.isfinite(loss) and model.grid.isfinite().all()):
-                raise Diverged(f"step {progress['step'] + 1}: loss {loss:.4g}, grid max "
-                               f"{model.grid.abs().max().item():.3g}: training diverged (try a "
-                               f"lower --lr); {progress['kept']}")
-            progress["step"] += 1
-            progress["seconds"] = time.perf_counter() - start
-            last_step = progress["step"] == run.iters or progress["seconds"] >= budget
-            if progress["seconds"] >= next_eval or last_step:
-                eval_start = time.perf_counter()
-                evaluate_and_save(parts, progress, run, out, test, watch, scene)
-                next_eval += run.eval_every
-                start += time.perf_counter() - eval_start  # evaluating is not training time
-            if (now := time.perf_counter()) - last_log >= run.log_every or last_step:
-                ms = 1000 * (now - last_log) / max(progress["step"] - last_log_step, 1)
-                left = max(0.0, min(budget - progress["seconds"],
-                                    (run.iters - progress["step"]) * ms / 1000))
-                print(f"step {progress['step']:6d} | loss {loss:.4f} | {split} PSNR "
-                      f"{last_psnr(progress)} | {ms:5.0f} ms/step | grid max "
-                      f"{model.grid.abs().max().item():#.3g} | {left / 60:4.1f} min left",
-                      flush=True)
-                last_log, last_log_step = now, progress["step"]
-    save_checkpoint(parts, progress, run, ckpt_path, scene)
-    if stop:
-        print(f"interrupted: saved step {progress['step']} to {ckpt_path}; "
-              f"continue with --resume --out {out}")
-        raise KeyboardInterrupt
-    print(f"done: step {progress['step']}, {progress['seconds'] / 60:.1f} min, {split} PSNR "
-          f"{last_psnr(progress)} ({baseline_name} {baseline:.2f} dB); "
-          f"{runs.peak_memory(run.device)}; checkpoint {ckpt_path}")
+@dataclasses.dataclass
+class Scoring:
+    """How a run is scored: the views (held-out, else training), their nearest-view baseline, the
+    training views watched beside them, and where the results go."""
+
+    run: TrainConfig
+    out: Path
+    test: Scene
+    split: str                 # "test", or "train" without held-out views
+    baseline_name: str
+    baseline: float            # dB
+    watch: Scene | None        # 8 training views, scored beside held-out ones: does it generalise?
+    scene: dict                # the checkpoint's record of the data folder and orbit radius
+
+    @classmethod
+    def of(cls, run: TrainConfig, train: Scene, held_out: Scene | None, state: Training,
+           out: Path) -> Scoring:
+        """The scoring of a run, after printing what it trains."""
+        test, split, name, baseline, note = evaluation.baseline(train, held_out)
+        cfg = state.model.cfg
+        print(*([note] if note else []),
+              f"{len(train.names)} training views, {len(held_out.names) if held_out else 'no'} "
+              f"test views at {cfg.img_size}px; {dv.parameter_count(state.model) / 1e6:.2f}M "
+              f"parameters; grid {cfg.grid_size}^3 x {cfg.channels}; device {run.device}, {dv.resolve_precision(run.device, run.precision)}",
+              f"{name} on the {split} views: {baseline:.2f} dB PSNR", sep="\n")
+        scene = {"data": runs.data_entry(run.data, out),
+                 "orbit_radius": views.orbit_radius(train.poses, cfg.grid_center)}
+        watch = views.spread_views(train, 8) if held_out is not None else None
+        return cls(run, out, test, split, name, baseline, watch, scene)
+
+    def next_evaluation(self, state: Training) -> float:
+        """Training seconds at which the next evaluation is due."""
+        return (state.seconds // self.run.eval_every + 1) * self.run.eval_every
+
+    def evaluate_and_save(self, state: Training) -> float:
+        """Score the test views (and the watched training views) into the history, then write the
+        checkpoint, preview.png and history.json; returns the seconds it took."""
+        start, run = time.perf_counter(), self.run
+        psnr, rgb, depth = evaluation.evaluate(state.model, self.test, run.device, run.precision)
+        row = {"step": state.step, "minutes": round(state.seconds / 60, 3),
+               "test_psnr": round(psnr, 3)}
+        if self.watch is not None:
+            row["train_psnr"] = round(evaluation.evaluate(state.model, self.watch, run.device,
+                                                          run.precision)[0], 3)
+        state.history.append(row)
+        save_checkpoint(state, run, self.out / runs.CHECKPOINT, self.scene)
+        figures.save_preview(self.out / "preview.png", self.test, rgb, depth)
+        (self.out / "history.json").write_text(json.dumps(state.history, indent=1))
+        return time.perf_counter() - start
 
 
-def evaluate_and_save(parts: dict, progress: dict, run: TrainConfig, out: Path,
-                      test: scenes.Scene, watch: scenes.Scene | None, scene: dict) -> None:
-    """Score the test views (and the watched training views, where there are held-out ones) into
-    the history, then write the checkpoint, preview.png and history.json."""
-    model = parts["model"]
-    psnr, rgb, depth = figures.evaluate(model, test, run.device, run.precision)
-    progress["history"].append({"step": progress["step"],
-                                "minutes": round(progress["seconds"] / 60, 3),
-                                "test_psnr": round(psnr, 3)})
-    if watch is not None:
-        progress["history"][-1]["train_psnr"] = round(
-            figures.evaluate(model, watch, run.device, run.precision)[0], 3)
-    save_checkpoint(parts, progress, run, out / runs.CHECKPOINT, scene)
-    figures.save_preview(out / "preview.png", test, rgb, depth)
-    (out / "history.json").write_text(json.dumps(progress["history"], indent=1))
+class Log:
+    """A line every --log_every seconds; the held-out PSNR only on the first line after each
+    evaluation (between them it has not changed)."""
+
+    def __init__(self, run: TrainConfig, score: Scoring, budget: float, state: Training):
+        self.run, self.score, self.budget = run, score, budget
+        self.time, self.step_at, self.evaluations = (time.perf_counter(), state.step,
+                                                     len(state.history))
+
+    def step(self, state: Training, loss: float, last: bool) -> None:
+        now, run = time.perf_counter(), self.run
+        if now - self.time < run.log_every and not last:
+            return
+        ms = 1000 * (now - self.time) / max(state.step - self.step_at, 1)
+        left = max(0.0, min(self.budget - state.seconds, (run.iters - state.step) * ms / 1000))
+        new = len(state.history) != self.evaluations
+        psnr = f"{self.score.split} PSNR {last_psnr(state)}" if new else " " * 19
+        print(f"step {state.step:6d} | loss {loss:.4f} | {psnr} | {ms:5.0f} ms/step | grid max "
+              f"{state.model.grid.abs().max().item():#.3g} | {left / 60:4.1f} min left",
+              flush=True)
+        self.time, self.step_at, self.evaluations = now, state.step, len(state.history)
+
+    def end(self, state: Training, ckpt_path: Path, interrupted: bool) -> None:
+        if interrupted:
+            print(f"interrupted: saved step {state.step} to {ckpt_path}; "
+                  f"continue with --resume --out {ckpt_path.parent}")
+            raise KeyboardInterrupt
+        print(f"done: step {state.step}, {state.seconds / 60:.1f} min, {self.score.split} PSNR "
+              f"{last_psnr(state)} ({self.score.baseline_name} {self.score.baseline:.2f} dB); "
+              f"{runs.peak_memory(self.run.device)}; checkpoint {ckpt_path}")
 
 
-def last_psnr(progress: dict) -> str:
+def last_psnr(state: Training) -> str:
     """The last evaluation's PSNR, or "-" before the first."""
-    return f"{progress['history'][-1]['test_psnr']:.2f} dB" if progress["history"] else "-"
+    return f"{state.history[-1]['test_psnr']:.2f} dB" if state.history else "-"
 
 
 if __name__ == "__main__":
-    run_command(main)
+    settings.run_command(main)

@@ -1,23 +1,82 @@
 """Every setting of a training run, decided once before any work: train.py's command line.
 
 `TrainConfig` holds the run (its data, folder, recipe and device); `SIZE_FLAGS` the model's sizes,
-whose values deepvoxels.Config holds. ablation.py passes its extra flags on to train.py, and
-benchmark.py takes the size flags; both check them here first. The help texts say what a setting
-is for and the authors' value where they chose one; how each default was chosen is in
-docs/measurements.md.
+whose values deepvoxels.Config holds. tools/ablation.py passes its extra flags on to train.py, and
+tools/benchmark.py takes the size flags; both check them here first. Every script's command line
+starts here too: `ArgumentParser`, `run_command` (one line for bad input, never a traceback), the
+device flags. The help texts say what a setting is for and the authors' value where they chose
+one; how each default was chosen is in docs/measurements.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 import torch
 
-import checks
 import deepvoxels as dv
-import synthetic
+from deepvoxels import DataError
+from scenes.files import check_number
+from scenes.synthetic import SCENES
 
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# Every script's command line: one line for bad input, the device and its precision
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def run_command(main) -> None:
+    """A script's entry point: bad input ends it with one line on stderr and exit status 1, an
+    interrupt (after whatever main saved first) with exit status 130, never a traceback."""
+    try:
+        main()
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the scripts, but a misspelt or mistyped flag is one DataError line, not a
+    usage block."""
+
+    def error(self, message: str):
+        raise DataError(f"{self.prog}: {message} (see --help)")
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can compute on it on this machine; else one DataError line."""
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise DataError(f"--device {device}: not a device torch knows "
+                        f"(cpu, cuda, cuda:1, mps)") from None
+    present = {"cpu": 1, "cuda": torch.cuda.device_count(),
+               "mps": int(torch.backends.mps.is_available())}.get(kind.type, 0)
+    if (kind.index or 0) >= present:
+        raise DataError(f"--device {device}: this machine has no such device "
+                        f"(torch sees {torch.cuda.device_count()} CUDA GPUs)")
+    return device
+
+
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE_HELP = "cpu or cuda (default: cuda when available)"
+PRECISION_HELP = ("bf16, fp32, or auto: bf16 on a GPU or a CPU with bf16 units, fp32 elsewhere "
+                  "(default: auto)")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def add_device_flags(parser: argparse.ArgumentParser, precision: bool = True) -> None:
+    """--device (and --precision) as train.py has them, for render.py and benchmark.py."""
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help=DEVICE_HELP)
+    if precision:
+        parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# A training run's settings: TrainConfig, and the model's sizes
+# ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def flag(default, help: str, *valid: tuple[str, float], **more):
     """A TrainConfig field: its default, its --help text, and the rules its number must keep
@@ -30,7 +89,7 @@ class TrainConfig:
     """Everything about the run that is not the model."""
 
     data: str = flag("./cube", "scene folder in any of the five layouts (docs/your-data.md); "
-                               f"{', '.join(synthetic.SCENES)} are generated if missing")
+                               f"{', '.join(SCENES)} are generated if missing")
     out: str = flag("", "run folder for checkpoint, logs and previews (default: runs/<scene "
                         "name>, or the first free runs/<scene name>-2, -3... when that holds "
                         "another run)")
@@ -54,10 +113,8 @@ class TrainConfig:
     gan_weight: float = flag(0.0, "weight of the PatchGAN adversarial term, 0: no "
                                   "discriminator (the authors: 1)", (">=", 0))
     seed: int = flag(0, "random seed")
-    device: str = flag("cuda" if torch.cuda.is_available() else "cpu",
-                       "cpu or cuda (default: cuda when available)")
-    precision: str = flag("auto", "bf16, fp32, or auto: bf16 on a GPU or a CPU with bf16 "
-                                  "units (default: auto)", choices=("auto", "bf16", "fp32"))
+    device: str = flag(DEFAULT_DEVICE, DEVICE_HELP)
+    precision: str = flag("auto", PRECISION_HELP, choices=PRECISIONS)
     eval_every: float = flag(30.0, "seconds of training between held-out evaluations",
                              (">", 0))
     log_every: float = flag(5.0, "seconds between log lines", (">=", 0))
@@ -91,13 +148,15 @@ SIZE_FLAGS = {
     "gru_dropout": "channel dropout on the two terms of the GRU proposal S, W_s X and "
                    "U_s (R∘H) (the authors: 0.2)",
 }
+
+
 FROM_THE_SCENE = {"feat_size": 0}  # the size flags whose default the scene decides
 
 
 def parse_args(argv=None, description: str | None = None) -> tuple[TrainConfig, dict]:
     """The run's settings and the model's sizes ({name: value}, feat_size 0 where the scene
     decides it), each checked before any work."""
-    parser = checks.ArgumentParser(description=description,
+    parser = ArgumentParser(description=description,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sizes = {f.name: f for f in dataclasses.fields(dv.Config) if f.name in SIZE_FLAGS}
     for f in dataclasses.fields(TrainConfig):
@@ -106,17 +165,23 @@ def parse_args(argv=None, description: str | None = None) -> tuple[TrainConfig, 
         add_flag(parser, name, f.type, FROM_THE_SCENE.get(name, f.default), SIZE_FLAGS[name],
                  tuple(dv.OCCLUSION_NETS) if name == "occlusion" else None)
     args = vars(parser.parse_args(argv))
-    checks.check_device(args["device"])
+    check_device(args["device"])
     for f in dataclasses.fields(TrainConfig):
         if f.metadata["valid"]:
-            checks.check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
+            check_number(f"--{f.name}", "the value", args[f.name], *f.metadata["valid"])
     run = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
     model_sizes = {name: args[name] for name in sizes}
     dv.Config(**fixed_sizes(model_sizes))  # checked together: a DataError names each that fails
     if 2 * run.crop >= model_sizes["img_size"]:
-        raise dv.DataError(f"--crop {run.crop}: leaves no pixel of the {model_sizes['img_size']} "
+        raise DataError(f"--crop {run.crop}: leaves no pixel of the {model_sizes['img_size']} "
                            "px images for the loss")
     return run, model_sizes
+
+
+def sizes_of(cfg: dv.Config) -> dict:
+    """A trained model's sizes ({name: value}, as parse_args gives them): the door opens its scene
+    at them (render.py, the ablation)."""
+    return {name: getattr(cfg, name) for name in SIZE_FLAGS}
 
 
 def fixed_sizes(sizes: dict) -> dict:

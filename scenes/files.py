@@ -1,15 +1,17 @@
-"""The checks at the door: every number, camera, pose, text file, image, flag, device and output
-folder passes one of these before any work, and bad input is one DataError line naming the file or
-the flag. With them, the readers of the DeepVoxels layout's files (intrinsics.txt, pose files,
-images) that every layout uses; the format of those files is in scenes.py's docstring.
+"""Every file a layout names, read and checked: numbers, cameras, poses, text files and images.
+Bad input is one DataError line naming the file and the problem, never a traceback.
+
+The DeepVoxels layout's own files (read here, used by every layout):
+  pose file: 16 numbers (4 rows or one row), an OpenCV camera-to-world matrix.
+  intrinsics.txt, line by line: "f cx cy [ignored...]" / "x y z" grid barycenter / near plane
+  (0: choose for me) / scale (world size of the grid; 0: estimate it, and the barycenter with it)
+  / "H W" the intrinsics refer to / world2cam_poses (optional; 1: the pose files hold
+  world-to-camera matrices, inverted on reading).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,8 @@ class Intrinsics:
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 COMPARE = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+
+
 LARGEST = 1e15  # no scene needs more; more overflows float32 once squared (distances, depth ranges)
 
 
@@ -86,18 +90,6 @@ def check_intrinsics(where: str | Path, intr: Intrinsics) -> Intrinsics:
     return intr
 
 
-def check_same_camera(train: Intrinsics, test: Intrinsics, where: Path) -> None:
-    """Refuse held-out views whose camera (at img_size) differs from the training one: the model
-    renders with one."""
-
-    def describe(i: Intrinsics) -> str:
-        return f"fx {i.focal:.4g}, fy {i.fy:.4g}, cx {i.cx:.4g}, cy {i.cy:.4g}"
-    if (train.matrix() - test.matrix()).abs().max() > 1e-3 * train.focal:
-        raise DataError(f"{where}: the held-out camera ({describe(test)} at the model's size) "
-                        f"differs from the training camera ({describe(train)}); DeepVoxels renders "
-                        f"every view with the training camera")
-
-
 def check_pose(where: str | Path, pose: np.ndarray) -> np.ndarray:
     """A 4x4 rigid transform: finite, last row 0 0 0 1, and a proper rotation (orthonormal within
     1e-3, det +1)."""
@@ -122,60 +114,7 @@ def check_pose(where: str | Path, pose: np.ndarray) -> np.ndarray:
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# Flags, devices and output folders
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-
-def run_command(main) -> None:
-    """A script's entry point: bad input ends it with one line on stderr and exit status 1, an
-    interrupt (after whatever main saved first) with exit status 130, never a traceback."""
-    try:
-        main()
-    except DataError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse for the scripts, but a misspelt or mistyped flag is one DataError line, not a
-    usage block."""
-
-    def error(self, message: str):
-        raise DataError(f"{self.prog}: {message} (see --help)")
-
-
-def check_device(device: str) -> str:
-    """`device` if torch can compute on it on this machine; else one DataError line."""
-    try:
-        kind = torch.device(device)
-    except RuntimeError:
-        raise DataError(f"--device {device}: not a device torch knows "
-                        f"(cpu, cuda, cuda:1, mps)") from None
-    present = {"cpu": 1, "cuda": torch.cuda.device_count(),
-               "mps": int(torch.backends.mps.is_available())}.get(kind.type, 0)
-    if (kind.index or 0) >= present:
-        raise DataError(f"--device {device}: this machine has no such device "
-                        f"(torch sees {torch.cuda.device_count()} CUDA GPUs)")
-    return device
-
-
-def check_writable(folder: Path, *names: str) -> Path:
-    """Make `folder` and check that it, and each file or folder (no suffix) `names` in it, can be
-    written, before any slow work."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise DataError(f"{folder}: cannot write the output folder ({e.strerror or e})") from None
-    for name in names:                                                   # no suffix: a folder
-        if (folder / name).exists() and (folder / name).is_dir() == bool(Path(name).suffix):
-            raise DataError(f"{folder / name}: is {'a folder' if Path(name).suffix else 'a file'}, "
-                            f"so {name} cannot be written there")
-    return folder
-
-
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-# Reading files: text, intrinsics.txt, pose files, images
+# Text files, intrinsics.txt, pose files, images
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def read_text(path: Path) -> str:
@@ -266,3 +205,8 @@ def read_image(path: Path) -> np.ndarray:
         color, alpha = image[..., :-1], image[..., -1:]
         image = color * alpha + (1 - alpha)
     return image if image.shape[-1] == 3 else np.broadcast_to(image, image.shape[:2] + (3,)).copy()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images (B, 3, H, W) in [0, 1] to (B, H, W, 3) uint8, as image files hold them."""
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

@@ -1,4 +1,4 @@
-"""Write the students' version of the tutorial:  python handout.py  (writes tutorial-handout.ipynb)
+"""Write the students' version of the tutorial:  python -m tools.handout  (writes tutorial-handout.ipynb)
 
 In tutorial.ipynb each exercise's answer cell sets the answer to None with a `# TODO` comment, then
 holds the solution between a `### BEGIN SOLUTION` and a `### END SOLUTION` line. The handout drops
@@ -52,9 +52,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebook", nargs="?",
-                        default=str(Path(__file__).parent / "tutorial.ipynb"),
-                        help="the notebook with solutions (default: tutorial.ipynb next to this "
-                             "script)")
+                        default=str(Path(__file__).parents[1] / "tutorial.ipynb"),
+                        help="the notebook with solutions (default: the project's "
+                             "tutorial.ipynb)")
     parser.add_argument("--out", default="tutorial-handout.ipynb",
                         help="where to write the handout (default: tutorial-handout.ipynb)")
     args = parser.parse_args(argv)

@@ -1,7 +1,9 @@
 """The built-in synthetic scenes: textured cubes and balls described as data (`SCENES`), one ray
-caster that draws them, and `make_scene`, which writes one in the DeepVoxels layout (scenes.py)
-with cameras on a sphere around it. A missing --data folder named after one is generated there
-(`find_scene`).
+caster that draws them, and `make_scene`, which writes one in the DeepVoxels layout with cameras
+on a sphere around it (dataset.open_scene generates a missing --data folder named after one).
+
+The ray caster is the tests' ground truth, so it shares no camera code with the model
+(deepvoxels.py): a bug there would otherwise pass unseen.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
+import torch
 
-from deepvoxels import DataError
-from scenes import look_at
+from scenes.files import Intrinsics
+from scenes.layouts import write_split, write_view
+from scenes.views import look_at
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # The scenes, as data
@@ -24,6 +27,8 @@ from scenes import look_at
 # has six coloured sectors of longitude, each a checker of longitude and latitude cells.
 CUBE_COLORS = np.array([[0.85, 0.20, 0.20], [0.20, 0.65, 0.25], [0.20, 0.35, 0.85],
                         [0.90, 0.70, 0.15], [0.60, 0.25, 0.75], [0.15, 0.70, 0.75]])
+
+
 CUBE_LIGHT = np.array([0.4, 0.3, 0.866])  # a fixed world-space light: faces differ in brightness
 
 
@@ -160,7 +165,7 @@ def ray_cast(pose: np.ndarray, focal: float, size: int, shapes: tuple[Box | Ball
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# A scene written in the DeepVoxels layout, and generated where --data names a missing one
+# A scene written in the DeepVoxels layout
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def make_scene(root: str | Path, scene: str = "cube", n_train: int = 100, n_test: int = 24,
@@ -182,35 +187,11 @@ def make_scene(root: str | Path, scene: str = "cube", n_train: int = 100, n_test
     elev, azim = np.radians(-50 + 100 * s), 4 * np.pi * s + 0.3
     test_eyes = np.stack([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)],
                          1)
+    camera = Intrinsics(focal, size / 2, size / 2, grid_center=(0.0, 0.0, 0.0),
+                        grid_scale=spec.grid_scale, size=(size, size))
     for split, eyes in (("train", train_eyes), ("test", test_eyes)):
-        folder = Path(root) / split
-        (folder / "rgb").mkdir(parents=True, exist_ok=True)
-        (folder / "pose").mkdir(exist_ok=True)
-        (folder / "intrinsics.txt").write_text(
-            f"{focal} {size / 2} {size / 2} 0.\n0. 0. 0.\n0.\n{spec.grid_scale}\n{size} {size}\n")
+        write_split(Path(root) / split, camera)
         for k, eye in enumerate(eyes):
             pose = look_at(spec.radius * eye, np.zeros(3))
-            image = ray_cast(pose, focal, size, spec.shapes)
-            iio.imwrite(folder / "rgb" / f"{k:06d}.png", (image * 255).round().astype(np.uint8))
-            np.savetxt(folder / "pose" / f"{k:06d}.txt", pose, fmt="%.8f")
-
-
-def generating(data: str | Path) -> str | None:
-    """The line a script prints before find_scene generates `data`, a missing folder named after
-    one of SCENES; None when there is nothing to generate."""
-    data = Path(data)
-    if not data.exists() and data.name in SCENES:
-        return (f"{data} does not exist: generating the synthetic scene '{data.name}' there "
-                f"(a few seconds)")
-    return None
-
-
-def find_scene(data: str | Path) -> Path:
-    """The scene folder `data`; a missing one named after one of SCENES is generated there first
-    (`generating` gives the line that says so)."""
-    data = Path(data)
-    if generating(data):
-        make_scene(data, data.name)
-    if not data.is_dir():
-        raise DataError(f"{data}: no such data folder")
-    return data
+            image = torch.from_numpy(ray_cast(pose, focal, size, spec.shapes)).permute(2, 0, 1)
+            write_view(Path(root) / split, f"{k:06d}", image, pose)  # image: (3, size, size)

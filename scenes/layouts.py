@@ -1,26 +1,149 @@
-"""The other four layouts people bring, each read into the same `Scene` as the DeepVoxels layout
-(scenes.py): NSVF, NeRF-synthetic / Blender and instant-ngp / nerfstudio (transforms*.json), and
-COLMAP's text model. Which one a folder holds is decided in dataset.py (`load_scene`); the
-conventions of each are in docs/your-data.md.
+"""The five layouts people bring, each read into the same `Scene`: images, OpenCV camera-to-world
+poses and one camera, squared and resized to the model's size. `load_layout` tells which layout a
+folder holds and reads it; the conventions of each are in docs/your-data.md.
+
+  1. A Scene, and the DeepVoxels layout (read, and written: the built-in scenes, the ablation)
+  2. NSVF: the DeepVoxels files, plus bbox.txt
+  3. transforms*.json: NeRF-synthetic / Blender, instant-ngp, nerfstudio
+  4. COLMAP's text model
+  5. Which layout a folder holds
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from checks import Intrinsics, check_intrinsics, check_number, check_pose, read_image, read_text
 from deepvoxels import DataError, opengl_to_opencv
-from scenes import Scene, load_split, square_scene
+from scenes.files import (Intrinsics, check_intrinsics, check_number, check_pose, read_image,
+                          read_intrinsics, read_pose, read_text, to_uint8)
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# NSVF: the DeepVoxels files, plus bbox.txt
+# 1. A Scene, and the DeepVoxels layout: <scene>/<split>/rgb/000000.png, <scene>/<split>/pose/
+#    000000.txt and <scene>/<split>/intrinsics.txt (files.py: their format), splits train, test
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+@dataclass
+class Scene:
+    """One split of a scene, resized to `img_size`. Intrinsics refer to the resized images."""
+
+    images: torch.Tensor        # (V, 3, H, W) in [0, 1]
+    poses: torch.Tensor         # (V, 4, 4) OpenCV camera-to-world
+    intrinsics: Intrinsics
+    names: list[str]
+    source_size: tuple[int, int] | None = None  # (H, W) of the image files, before crop and resize
+
+
+def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrinsics,
+                 intr_file: Path, img_size: int) -> Scene:
+    """Read the images (all of one size), centre-crop them to a square and resize them to img_size.
+    The intrinsics follow: scaled from intr.size to the files' size, cx and cy shifted by the crop,
+    all scaled by the resize (exact with pixel centres at j + 0.5). `intr_file` is named when the
+    sizes disagree."""
+    check_intrinsics(intr_file, intr)
+    squares = []
+    for path in image_paths:
+        image = read_image(path)                                             # (H0, W0, 3)
+        if not squares:
+            h0, w0 = image.shape[:2]
+            side = min(h0, w0)
+            top, left = (h0 - side) // 2, (w0 - side) // 2
+        elif image.shape[:2] != (h0, w0):
+            raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, "
+                            f"but {image_paths[0].name} is {w0}x{h0}")
+        square = torch.from_numpy(image[top:top + side, left:left + side])  # (side, side, 3)
+        square = square.permute(2, 0, 1)[None]                              # (1, 3, side, side)
+        if side != img_size:
+            square = F.interpolate(square, size=(img_size, img_size), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        squares.append(square)
+    ref_h, ref_w = intr.size or (h0, w0)
+    if abs(ref_w * h0 / (ref_h * w0) - 1) > 0.01:
+        raise DataError(f"{intr_file}: the intrinsics are for {ref_w}x{ref_h} images, "
+                        f"a different shape from the {w0}x{h0} images")
+    s = img_size / side
+    fx, fy = intr.focal * w0 / ref_w * s, intr.fy * h0 / ref_h * s
+    intr = replace(intr, focal=fx, focal_y=0.0 if fy == fx else fy,
+                   cx=(intr.cx * w0 / ref_w - left) * s, cy=(intr.cy * h0 / ref_h - top) * s,
+                   size=(img_size, img_size))
+    names = [p.stem for p in image_paths]
+    return Scene(torch.cat(squares).clamp(0, 1).contiguous(),
+                 torch.from_numpy(np.stack(poses)).float(), intr, names, (h0, w0))
+
+
+def read_poses(files: list[Path], world2cam: bool = False) -> np.ndarray:
+    """(V, 4, 4) camera-to-world poses from pose files; inverted where intrinsics.txt says they are
+    world-to-camera (`world2cam`, its 6th line)."""
+    poses = np.stack([read_pose(f) for f in files])
+    return np.linalg.inv(poses) if world2cam else poses
+
+
+def read_pose_folder(folder: Path) -> torch.Tensor:
+    """(V, 4, 4) camera-to-world poses from the .txt files of a folder (render.py --poses), in name
+    order; inverted when the intrinsics.txt beside it (a DeepVoxels split's) says so."""
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise DataError(f"{folder}: no pose .txt files found" if folder.is_dir()
+                        else f"{folder}: no such poses folder")
+    beside = folder.parent / "intrinsics.txt"
+    world2cam = beside.is_file() and read_intrinsics(beside).world2cam
+    return torch.from_numpy(read_poses(files, world2cam)).float()
+
+
+def load_split(root: str | Path, split: str, img_size: int, prefix: str = "") -> Scene:
+    """Load `root/split` of a DeepVoxels-layout scene at img_size x img_size (only the views whose
+    file names start with `prefix`; split "" reads rgb/, pose/ and intrinsics.txt in root
+    itself)."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder "
+                        f"(expected {split}/rgb, {split}/pose, {split}/intrinsics.txt)")
+    rgb_files = {p.stem: p for p in sorted((folder / "rgb").glob(prefix + "*"))
+                 if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
+    pose_files = {p.stem: p for p in sorted((folder / "pose").glob(prefix + "*.txt"))}
+    if not rgb_files:
+        raise DataError(f"{folder / 'rgb'}: no images found (PNG or JPEG)"
+                        + (f" named {prefix}*" if prefix else ""))
+    for stem in rgb_files.keys() - pose_files.keys():
+        raise DataError(f"{rgb_files[stem]}: image has no pose file "
+                        f"{folder / 'pose' / (stem + '.txt')}")
+    for stem in pose_files.keys() - rgb_files.keys():
+        raise DataError(f"{pose_files[stem]}: pose has no image in {folder / 'rgb'}")
+    intr = read_intrinsics(folder / "intrinsics.txt")
+    names = sorted(rgb_files)
+    poses = read_poses([pose_files[n] for n in names], intr.world2cam)
+    return square_scene([rgb_files[n] for n in names], list(poses), intr,
+                        folder / "intrinsics.txt", img_size)
+
+
+def write_split(folder: Path, intr: Intrinsics) -> None:
+    """Start a split of the DeepVoxels layout in `folder`: rgb/, pose/ and its intrinsics.txt (one
+    focal length; the grid's centre and side, the near plane, the images' size)."""
+    (folder / "rgb").mkdir(parents=True, exist_ok=True)
+    (folder / "pose").mkdir(exist_ok=True)
+    center = " ".join(map(str, intr.grid_center or (0.0, 0.0, 0.0)))
+    (folder / "intrinsics.txt").write_text(
+        f"{intr.focal} {intr.cx} {intr.cy} 0.\n{center}\n{intr.near}\n{intr.grid_scale or 0.}\n"
+        f"{intr.size[0]} {intr.size[1]}\n")
+
+
+def write_view(folder: Path, name: str, image: torch.Tensor, pose: np.ndarray) -> None:
+    """One view of a split written by write_split: rgb/<name>.png from an image (3, H, W) in [0, 1],
+    pose/<name>.txt from its camera-to-world pose (4, 4)."""
+    iio.imwrite(folder / "rgb" / f"{name}.png", to_uint8(image[None])[0])
+    np.savetxt(folder / "pose" / f"{name}.txt", pose, fmt="%.8f")
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 2. NSVF: the DeepVoxels files, plus bbox.txt
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def read_bbox(path: Path) -> tuple[tuple[float, float, float], float]:
@@ -59,7 +182,7 @@ def load_nsvf(root: Path, img_size: int) -> tuple[Scene, Scene | None]:
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# transforms*.json: NeRF-synthetic / Blender, instant-ngp, nerfstudio
+# 3. transforms*.json: NeRF-synthetic / Blender, instant-ngp, nerfstudio
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def load_transforms(path: Path, img_size: int) -> Scene:
@@ -138,7 +261,7 @@ def hold_out(scene: Scene, source: Path, every: int = 8) -> tuple[Scene, Scene]:
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
-# COLMAP's text model: cameras.txt, images.txt, the photos in images/
+# 4. COLMAP's text model: cameras.txt, images.txt, the photos in images/
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
@@ -212,3 +335,66 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
                         f"(colmap feature_extractor --ImageReader.single_camera 1)")
     return square_scene([views[n][0] for n in names], [views[n][1] for n in names],
                         views[names[0]][2], model / "cameras.txt", img_size)
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# 5. Which layout a folder holds
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def check_same_camera(train: Intrinsics, test: Intrinsics, where: Path) -> None:
+    """Refuse held-out views whose camera (at img_size) differs from the training one: the model
+    renders with one."""
+
+    def numbers(i: Intrinsics) -> str:
+        return f"fx {i.focal:.4g}, fy {i.fy:.4g}, cx {i.cx:.4g}, cy {i.cy:.4g}"
+
+    if (train.matrix() - test.matrix()).abs().max() > 1e-3 * train.focal:
+        raise DataError(f"{where}: the held-out camera ({numbers(test)} at the model's size) "
+                        f"differs from the training camera ({numbers(train)}); DeepVoxels renders "
+                        f"every view with the training camera")
+
+
+def load_layout(root: str | Path, img_size: int) -> tuple[Scene, Scene | None, str]:
+    """Detect a scene folder's layout and load it at img_size (dataset.describe says in one line what
+    was found).
+
+    Layouts, first match wins: transforms_train.json (NeRF-synthetic; held-out views from
+    transforms_test.json, else transforms_val.json), transforms.json (instant-ngp / nerfstudio),
+    bbox.txt or rgb/ + pose/ (NSVF), sparse/0/cameras.txt or sparse/cameras.txt (COLMAP text model,
+    photos in images/), train/ (DeepVoxels). Where one file holds every view, every 8th is held out.
+    Returns the training views, the held-out views (None: there are none) and the layout's name.
+    """
+    root = Path(root)
+    test_camera = root / "test" / "intrinsics.txt"            # where the held-out camera comes from
+    colmap = next((d for d in (root / "sparse" / "0", root / "sparse")
+                   if (d / "cameras.txt").is_file()), None)
+    if (root / "transforms_train.json").is_file():
+        layout = "NeRF-synthetic"
+        train = load_transforms(root / "transforms_train.json", img_size)
+        held_out = [root / f"transforms_{split}.json" for split in ("test", "val")
+                    if (root / f"transforms_{split}.json").is_file()]
+        test = load_transforms(held_out[0], img_size) if held_out else None
+        test_camera = held_out[0] if held_out else None
+    elif (root / "transforms.json").is_file():
+        layout = "instant-ngp/nerfstudio transforms.json"
+        train, test = hold_out(load_transforms(root / "transforms.json", img_size),
+                               root / "transforms.json")
+    elif (root / "bbox.txt").is_file() or (root / "rgb").is_dir():
+        layout = "NSVF"
+        train, test = load_nsvf(root, img_size)
+    elif colmap is not None:
+        layout = "COLMAP text model"
+        train, test = hold_out(load_colmap(colmap, root / "images", img_size),
+                               colmap / "images.txt")
+    elif (root / "train").is_dir():
+        layout = "DeepVoxels"
+        train = load_split(root, "train", img_size)
+        test = load_split(root, "test", img_size) if (root / "test").is_dir() else None
+    else:
+        raise DataError(f"{root / 'train'}: no such folder, and no other layout found "
+                        f"(DeepVoxels: train/ and test/; NSVF: bbox.txt, rgb/, pose/; "
+                        f"NeRF: transforms_train.json or transforms.json; "
+                        f"COLMAP: sparse/0/cameras.txt)")
+    if test is not None:
+        check_same_camera(train.intrinsics, test.intrinsics, test_camera)
+    return train, test, layout

@@ -7,8 +7,10 @@ Nothing a user does twice loses a run:
   * Every command that writes into a folder (a training run, a render, an ablation) holds the
     folder's lock file while it works: the process id and start time of its writer. A second
     command is refused while that process lives; a lock left by a killed process is taken over.
-  * The checkpoint names its data folder twice, absolute and relative to the run folder, so a
-    run renders from any working directory, and after the run and its data moved together.
+  * A checkpoint is plain data (loaded with weights_only), written to a temporary file and then
+    renamed, so a crash never leaves half of one. It names its data folder twice, absolute and
+    relative to the run folder, so a run renders from any working directory, and after the run
+    and its data moved together.
   * Ctrl-C or a SIGTERM during training is read between steps (`stop_requests`): the run saves
     its checkpoint and stops, never halfway through a step.
 """
@@ -21,24 +23,53 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
-from deepvoxels import DataError
+from deepvoxels import Config, DataError, DeepVoxels
+
 
 CHECKPOINT = "ckpt.pt"
+
+
 LOCK = "run.lock"
 
 
-def process_start(pid: int) -> str:
-    """When process pid started (Linux: field 22 of /proc/<pid>/stat), or "" where that is
-    unknown."""
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# Which folder a command writes to, one command at a time
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def check_writable(folder: Path, *names: str) -> Path:
+    """Make `folder` and check that it, and each file or folder (no suffix) `names` in it, can be
+    written, before any slow work."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise DataError(f"{folder}: cannot write the output folder ({e.strerror or e})") from None
+    for name in names:                                                   # no suffix: a folder
+        if (folder / name).exists() and (folder / name).is_dir() == bool(Path(name).suffix):
+            raise DataError(f"{folder / name}: is {'a folder' if Path(name).suffix else 'a file'}, "
+                            f"so {name} cannot be written there")
+    return folder
+
+
+def process_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (Linux: [0] the state, [19] the start
+    time), or [] where there is no such file."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return ""
+        return []
+
+
+def process_start(pid: int) -> str:
+    """When process pid started, or "" where that is unknown."""
+    fields = process_stat(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 def is_running(pid: int, started: str) -> bool:
@@ -51,11 +82,8 @@ def is_running(pid: int, started: str) -> bool:
         return False
     except PermissionError:           # another user's process
         return True
-    try:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False              # a zombie: ended, not yet reaped by its parent
-    except (OSError, IndexError):
-        pass
+    if process_stat(pid)[:1] == ["Z"]:
+        return False                  # a zombie: ended, not yet reaped by its parent
     return not started or process_start(pid) in ("", started)   # a new process under a reused id
 
 
@@ -72,6 +100,8 @@ def try_lock(folder: Path) -> int | None:
     """Take folder's lock (making the folder); None when taken, else the live holder's process
     id."""
     me = f"{os.getpid()} {process_start(os.getpid())}"
+    if folder.exists() and not folder.is_dir():   # mkdir would say "exists", like a lock
+        raise DataError(f"{folder}: is a file, not a folder: choose another --out")
     for _ in range(2):                # the second try after clearing a stale lock
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -105,12 +135,14 @@ def holds_run(folder: Path) -> bool:
 @contextlib.contextmanager
 def claimed(folder: Path, new: bool = False):
     """Hold folder's lock for the block and yield the folder. With new: the first of folder,
-    folder-2, folder-3, ... that holds no checkpoint and no live command."""
+    folder-2, folder-3, ... that holds no checkpoint and no live command. Folders made here and
+    still empty at the end are removed."""
     candidates = (folder.with_name(f"{folder.name}-{i}") if i > 1 else folder
                   for i in itertools.count(1))
     for candidate in candidates if new else [folder]:
         if new and holds_run(candidate):
             continue
+        made = [d for d in (candidate, *candidate.parents) if not d.exists()]  # innermost first
         if (holder := try_lock(candidate)) is None:
             break
         if not new:
@@ -121,6 +153,9 @@ def claimed(folder: Path, new: bool = False):
         with contextlib.suppress(OSError, ValueError):   # only our own lock is removed
             if int((candidate / LOCK).read_text().split()[0]) == os.getpid():
                 (candidate / LOCK).unlink()
+        for made_here in made:     # a command refused before it wrote anything leaves no folder
+            with contextlib.suppress(OSError):           # (not empty: kept)
+                made_here.rmdir()
 
 
 def train_folder(data: str, out: str, reuse: bool,
@@ -146,6 +181,58 @@ def newest_checkpoint(ckpt: str | None = None, run: str | None = None) -> Path:
     return found[-1]
 
 
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# Checkpoints: plain data (weights_only loading), written atomically, and where their data is
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint. Any
+    failure (a full disk, a file-size limit: torch.save raises RuntimeError as well as OSError) is
+    one DataError line, and the partial temporary file is removed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch.save's own writer
+        tmp.unlink(missing_ok=True)
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror
+                  else "the write stopped part-way: is the disk full?")
+        raise DataError(f"{path}: cannot write the checkpoint ({reason})") from None
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu",
+                    needs: dict[str, type] | None = None) -> tuple[DeepVoxels, dict]:
+    """Rebuild the model from a checkpoint (its own Config); returns the model and the whole state,
+    which must hold every entry of `needs` ({"step": int, ...}) with its type."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # empty, truncated, foreign, or a pickle that is more than plain data
+        raise DataError(f"{path}: not a DeepVoxels checkpoint "
+                        "(not a readable file of plain tensors)") from None
+    needs = {"config": dict, "model": dict, **(needs or {})}
+    missing = [key for key, kind in needs.items()
+               if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    if missing:
+        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version "
+                        f"(no valid {', '.join(missing)} entry)")
+    try:
+        cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
+        model = DeepVoxels(cfg).to(device)
+        state["model"] = {k: v for k, v in state["model"].items()   # older checkpoints held the
+                          if k not in ("K", "K_feat")}                # intrinsics as buffers too
+        model.load_state_dict(state["model"])
+    except Exception as e:
+        # missing keys, unknown settings and shape mismatches: another version's file
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        raise DataError(f"{path}: not a DeepVoxels checkpoint of this version "
+                        f"({type(e).__name__} {reason})") from None
+    return model, state
+
+
 def data_entry(data: str | Path, run_folder: Path) -> dict[str, str]:
     """The checkpoint's record of the data folder: absolute, and relative to the run folder."""
     data = Path(data).resolve()
@@ -159,6 +246,10 @@ def find_data(entry: dict, ckpt: Path) -> Path | None:
             return folder
     return None
 
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# While a run trains: stop requests, memory
+# ─────────────────────────────────────────────────────────────────────────────────────────────
 
 @contextlib.contextmanager
 def stop_requests():

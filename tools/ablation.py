@@ -1,5 +1,5 @@
 """The paper's occlusion ablation (its Fig. 5) on one scene:
-  python ablation.py --data ./cube --iters 1000
+  python -m tools.ablation --data ./cube --iters 1000
 
 Trains the model with the visibility softmax and the naive one (depth flattened into channels,
 reduced by 2D convolutions) for the same number of steps (or minutes) with train.py, then reports
@@ -7,7 +7,8 @@ for both the PSNR on the training and on the held-out views (rendered from the g
 test time) and the parameter count, and writes <out>/ablation.png: one row per held-out view,
 target | softmax | naive | softmax depth. Flags it does not know go to train.py for both runs
 (`python train.py --help` lists them).
-A missing --data folder named two_cubes is generated: two cubes that hide each other.
+A missing --data folder named after a built-in scene is generated, as train.py does: two_cubes,
+for one, holds two cubes that hide each other.
 
 --holdout half tests novel views far from the training ones (the paper's "fits the training
 views, fails at novel ones"): the scene's views, train and test split together, are split by
@@ -33,28 +34,24 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure  # no pyplot: no global backend
 
-import checks
-import dataset
 import deepvoxels as dv
-import figures
-import runs
-import scenes
-import settings
-import synthetic
 import train as trainer  # the command train.py, run once per model
+from scenes import dataset, evaluation, figures, runs, settings, views
+from scenes.files import Intrinsics, check_number, to_uint8
+from scenes.layouts import Scene, write_split, write_view
 
 
 def all_views(data: Path, sizes: dict,
-              grid: tuple = (None, None)) -> tuple[dict[str, scenes.Scene], dv.Config]:
+              grid: tuple = (None, None)) -> tuple[dict[str, Scene], dv.Config]:
     """The views of a scene in any layout at the model's image size (sizes: settings' flags), by
     where they came from ({"train": Scene, "test": Scene} or {"train": Scene}), and its Config
     with the grid placed (`grid`: train.py's --grid_center and --grid_scale, None where not
     given)."""
-    train, held_out, cfg, _ = dataset.open_scene(data, sizes, *grid)
+    train, held_out, cfg = dataset.open_scene(data, sizes, *grid)
     return {"train": train, **({"test": held_out} if held_out is not None else {})}, cfg
 
 
-def write_views(dest: Path, halves: dict[str, list[tuple[str, scenes.Scene, int]]],
+def write_views(dest: Path, halves: dict[str, list[tuple[str, Scene, int]]],
                 cfg: dv.Config) -> Path:
     """Write each entry of halves ({"train": views, "test": views}, a view being (the split it came
     from, its Scene, its index there)) as dest/<entry> in the DeepVoxels layout, at the scene's
@@ -66,19 +63,13 @@ def write_views(dest: Path, halves: dict[str, list[tuple[str, scenes.Scene, int]
                            f"has one focal length, and this camera's two differ by more than 1 % "
                            f"({cfg.focal:g}, {cfg.focal_y:g})")
     shutil.rmtree(dest, ignore_errors=True)
-    for half, views in halves.items():
-        (dest / half / "rgb").mkdir(parents=True)
-        (dest / half / "pose").mkdir()
-        size = cfg.img_size
-        (dest / half / "intrinsics.txt").write_text(
-            f"{focal} {cfg.cx} {cfg.cy} 0.\n{' '.join(map(str, cfg.grid_center))}\n{cfg.near}\n"
-            f"{cfg.grid_scale}\n{size} {size}\n")
-        for split, scene, k in views:
-            name = f"{split}{scene.names[k]}"
-            image = (scene.images[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            iio.imwrite(dest / half / "rgb" / f"{name}.png", image)
-            np.savetxt(dest / half / "pose" / f"{name}.txt", scene.poses[k].double().numpy(),
-                       fmt="%.10f")
+    camera = Intrinsics(focal, cfg.cx, cfg.cy, cfg.grid_center, cfg.near, cfg.grid_scale,
+                        (cfg.img_size, cfg.img_size))
+    for half, chosen in halves.items():
+        write_split(dest / half, camera)
+        for split, scene, k in chosen:
+            write_view(dest / half, f"{split}{scene.names[k]}", scene.images[k],
+                       scene.poses[k].double().numpy())
     return dest
 
 
@@ -88,7 +79,7 @@ def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dict,
     grid centre is in [0, 180) degrees as dest/train, and those of the other half whose viewing
     direction is at least `margin` degrees from every training view's as dest/test; returns dest."""
     by_split, cfg = all_views(data, sizes, grid)
-    views = [(split, scene, k) for split, scene in by_split.items()
+    every = [(split, scene, k) for split, scene in by_split.items()
              for k in range(len(scene.names))]
     poses = torch.cat([scene.poses for scene in by_split.values()]).double().numpy()
     eyes = poses[:, :3, 3] - np.array(cfg.grid_center)
@@ -97,8 +88,8 @@ def split_by_azimuth(data: Path, dest: Path, margin: float, sizes: dict,
     closest = np.degrees(np.arccos(np.clip(directions @ directions[first_half].T,
                                            -1, 1))).min(axis=1)
     held_out = ~first_half & (closest >= margin)
-    return write_views(dest, {"train": [v for v, keep in zip(views, first_half) if keep],
-                              "test": [v for v, keep in zip(views, held_out) if keep]}, cfg)
+    return write_views(dest, {"train": [v for v, keep in zip(every, first_half) if keep],
+                              "test": [v for v, keep in zip(every, held_out) if keep]}, cfg)
 
 
 def split_sparse(data: Path, dest: Path, n_views: int, sizes: dict,
@@ -122,7 +113,7 @@ def split_sparse(data: Path, dest: Path, n_views: int, sizes: dict,
                               "test": [("test", test, k) for k in range(len(test.names))]}, cfg)
 
 
-def angle_to_training(train: scenes.Scene, held_out: scenes.Scene) -> torch.Tensor:
+def angle_to_training(train: Scene, held_out: Scene) -> torch.Tensor:
     """(V,) angle in degrees between each held-out viewing direction and the closest training
     one."""
     cosine = (held_out.poses[:, :3, 2] @ train.poses[:, :3, 2].T).amax(dim=1).clamp(-1, 1)
@@ -130,7 +121,7 @@ def angle_to_training(train: scenes.Scene, held_out: scenes.Scene) -> torch.Tens
 
 
 def main(argv=None) -> None:
-    parser = checks.ArgumentParser(description=__doc__,
+    parser = settings.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="./cube",
                         help="scene folder, any layout train.py reads (default: ./cube)")
@@ -160,7 +151,7 @@ def main(argv=None) -> None:
     args, train_flags = parser.parse_known_args(argv)
     for name, *rules in (("iters", (">=", 1)), ("minutes", (">=", 0)), ("rows", (">=", 1)),
                          ("margin", (">=", 0), ("<", 180)), ("views", (">=", 2))):
-        checks.check_number(f"--{name}", "the value", getattr(args, name), *rules)
+        check_number(f"--{name}", "the value", getattr(args, name), *rules)
     # train.py's flags, checked before any work
     run, sizes = settings.parse_args(["--data", args.data, *train_flags])
     suffix = "" if args.holdout == "test" else f"-{args.holdout}"
@@ -170,9 +161,9 @@ def main(argv=None) -> None:
                            f"continue it with --resume, choose another --out, or replace it "
                            f"with --overwrite")
     # before any training
-    checks.check_writable(out, "ablation.png", "ablation-curves.png", "softmax", "naive")
     # one command at a time
     with runs.claimed(out, new=not (args.out or args.compare_only or run.resume)) as folder:
+        runs.check_writable(folder, "ablation.png", "ablation-curves.png", "softmax", "naive")
         if folder != out:
             print(f"ablation folder {folder}: {out} holds another ablation "
                   "(--out chooses the folder)")
@@ -184,9 +175,6 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: 
     """Train both models into out/softmax and out/naive (unless --compare_only), then compare
     them; `sizes`: the model sizes of train.py's flags (a hold-out is written at their img_size),
     `grid`: its --grid_center and --grid_scale (None where not given)."""
-    if line := synthetic.generating(args.data):
-        print(line)
-    synthetic.find_scene(args.data)
     if args.holdout == "half":
         args.data = str(split_by_azimuth(Path(args.data), out / "scene", args.margin, sizes, grid))
     if args.holdout == "sparse":
@@ -199,37 +187,36 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: 
                           str(args.iters), "--minutes", str(args.minutes), "--occlusion", kind,
                           *train_flags])
 
-    models = {kind: dv.load_checkpoint(out / kind / "ckpt.pt") for kind in kinds}
-    # both share the sizes
-    train_views, test, layout = dataset.load_scene(args.data, models["softmax"][0].cfg.img_size)
-    print(*dataset.describe(args.data, train_views, test, layout), sep="\n")
+    models = {kind: runs.load_checkpoint(out / kind / "ckpt.pt") for kind in kinds}
+    cfg = models["softmax"][0].cfg  # both share the sizes and the grid
+    train_views, test, _ = dataset.open_scene(args.data, settings.sizes_of(cfg), cfg.grid_center,
+                                              cfg.grid_scale)
     test = train_views if test is None else test
     print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) "
           "| gap (dB) |\n|---|---|---|---|---|---|---|")
     columns, histories = [], {}
     for kind, (model, state) in models.items():
         histories[kind] = state["history"]
-        train_psnr, _, _ = figures.evaluate(model, train_views, "cpu", "fp32")
-        test_psnr, test_rgb, depth = figures.evaluate(model, test, "cpu", "fp32")
+        train_psnr, _, _ = evaluation.evaluate(model, train_views, "cpu", "fp32")
+        test_psnr, test_rgb, depth = evaluation.evaluate(model, test, "cpu", "fp32")
         n_params = dv.parameter_count(model)
         print(f"| {kind} | {n_params:,} | {state['step']} | {state['seconds'] / 60:.1f} | "
               f"{train_psnr:.2f} | {test_psnr:.2f} | {train_psnr - test_psnr:.2f} |")
         columns.append(test_rgb.clamp(0, 1))
         if depth is not None:
             depth_column = figures.colorize_depth(depth, test_rgb.shape[-1])
-    baseline = dv.psnr(scenes.nearest_view_baseline(train_views, test.poses), test.images).mean()
+    baseline = evaluation.psnr(evaluation.nearest_view_baseline(train_views, test.poses),
+                               test.images).mean()
     print(f"| nearest training view | - | - | - | - | {baseline:.2f} | - |")
     angles = angle_to_training(train_views, test)
     print(f"{len(train_views.names)} training views; each of the {len(test.names)} held-out views "
           f"is {angles.min():.0f} to {angles.max():.0f} degrees (mean {angles.mean():.0f}) from "
           "the nearest training view's direction")
-    rows = torch.linspace(0, len(test.names) - 1, args.rows).round().long()
+    rows = views.evenly_spaced(len(test.names), args.rows)
     picture = torch.cat([test.images, *columns, depth_column], dim=3)[rows]  # (rows, 3, H, 4W)
     # at least 128 px high
     picture = F.interpolate(picture, scale_factor=max(1, 128 // picture.shape[-2]), mode="nearest")
-    # rows stacked vertically
-    picture = picture.permute(0, 2, 3, 1).reshape(-1, picture.shape[-1], 3)
-    iio.imwrite(out / "ablation.png", (picture.numpy() * 255).round().astype("uint8"))
+    iio.imwrite(out / "ablation.png", np.concatenate(to_uint8(picture)))  # rows stacked vertically
     print(f"\nheld-out views {rows.tolist()}: target | softmax | naive | softmax depth -> "
           f"{out / 'ablation.png'}")
     plot_curves(out / "ablation-curves.png", histories, baseline.item())
@@ -256,4 +243,4 @@ def plot_curves(path: Path, histories: dict[str, list[dict]], baseline: float) -
 
 
 if __name__ == "__main__":
-    checks.run_command(main)
+    settings.run_command(main)

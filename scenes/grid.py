@@ -1,7 +1,8 @@
-"""The object against the frame and the grid, measured on the training images before training: how
-much of the frame it spans, which sizes the feature maps (`feature_size`), and whether the grid
-placed by scenes.scene_config encloses it (`grid_warning`). The object's pixels are those that
-differ from a plain background; views without one (most photographs) are not measured.
+"""Where the voxel grid goes, and the object against the frame and the grid, measured on the
+training images before training: the grid's placement (flags, files, else the cameras), whether it
+encloses the object (`grid_warning`), and the feature maps' size the object's footprint asks for
+(`feature_size`). The object's pixels are those that differ from a plain background; views without
+one (most photographs) are not measured.
 """
 
 from __future__ import annotations
@@ -9,9 +10,65 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepvoxels import Config, pixel_centers, pixel_to_ray
-from scenes import Scene
+from deepvoxels import Config, DataError, pixel_centers, pixel_to_ray
+from scenes.files import Intrinsics, check_number
+from scenes.layouts import Scene
 
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# Where the grid goes: the flags, else the files (bbox.txt, intrinsics.txt), else the cameras
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def estimate_grid_placement(poses: torch.Tensor,
+                            intr: Intrinsics) -> tuple[tuple[float, float, float], float]:
+    """Grid centre = the point nearest to every optical axis (least squares); side = the width of
+    the narrowest camera frustum at that point, so the grid stays inside every view."""
+    origins, axes = poses[:, :3, 3].double(), poses[:, :3, 2].double()
+    projector = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]  # I - d d^T
+    try:
+        center = torch.linalg.solve(projector.sum(0),
+                                    (projector @ origins[:, :, None]).sum(0))[:, 0]
+    except torch.linalg.LinAlgError:  # one camera, or parallel axes: no point is nearest to all
+        raise DataError("the training cameras' optical axes are parallel, so the grid cannot be "
+                        "estimated from them: give --grid_center and --grid_scale") from None
+    dist = ((center - origins) * axes).sum(-1)                               # depth of the centre
+    fy = intr.fy
+    half_width = min(intr.cx / intr.focal, (intr.size[1] - intr.cx) / intr.focal,
+                     intr.cy / fy, (intr.size[0] - intr.cy) / fy)
+    return tuple(center.tolist()), float((2 * dist * half_width).min())
+
+
+def scene_config(train: Scene, sizes: dict, grid_center: tuple | str | None = None,
+                 grid_scale: float | None = None) -> Config:
+    """The Config of the model's sizes ({name: value}) and this scene: intrinsics at img_size; the
+    grid from the flags (a centre (x, y, z) or "x y z"), else the files (bbox.txt, then
+    intrinsics.txt: the readers put them in train.intrinsics), else the cameras."""
+    i = train.intrinsics
+    if isinstance(grid_center, str):                                         # --grid_center 'x y z'
+        if len(grid_center.split()) != 3:
+            raise DataError(f"--grid_center: expected three numbers 'x y z', got {grid_center!r}")
+        grid_center = tuple(check_number("--grid_center", f"the grid centre's {axis}", v)
+                            for axis, v in zip("xyz", grid_center.split()))
+    for axis, value in zip("xyz", grid_center or ()):
+        check_number("--grid_center", f"the grid centre's {axis}", value)
+    if grid_scale is not None:
+        check_number("--grid_scale", "the grid's side", grid_scale, (">", 0))
+    center, scale = grid_center or i.grid_center, grid_scale or i.grid_scale
+    if center is None or scale is None:
+        est_center, est_scale = estimate_grid_placement(train.poses, i)
+        center, scale = center or est_center, scale or est_scale
+        where = "the training cameras (give --grid_center and --grid_scale)"
+        for value in center:
+            check_number(where, "the grid centre estimated from them", value)
+        check_number(where, "the grid side estimated from them", scale, (">", 0))
+    return Config(**{**sizes, "grid_center": tuple(center), "grid_scale": float(scale),
+                     "near": i.near, "focal": i.focal, "focal_y": i.focal_y,
+                     "cx": i.cx, "cy": i.cy})
+
+
+# ─────────────────────────────────────────────────────────────────────────────────────────────
+# The object: its pixels, and its size in the frame (the feature maps)
+# ─────────────────────────────────────────────────────────────────────────────────────────────
 
 def object_mask(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     """(V, H, W) the object's pixels, those that differ from the background, the colour of the image
@@ -25,10 +82,6 @@ def object_mask(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     return (((images - background[..., None, None]).abs().amax(1) > 0.1) & plain[:, None, None],
             plain)
 
-
-# ─────────────────────────────────────────────────────────────────────────────────────────────
-# The object's size in the frame: the feature maps
-# ─────────────────────────────────────────────────────────────────────────────────────────────
 
 FINE_BELOW = 0.7  # an object under 70% of the frame's side gets feature maps at the image's size
 
@@ -61,6 +114,11 @@ def feature_size(train: Scene, img_size: int) -> tuple[int, str]:
 # ─────────────────────────────────────────────────────────────────────────────────────────────
 # Whether the grid encloses the object
 # ─────────────────────────────────────────────────────────────────────────────────────────────
+
+def rounded(center: tuple[float, float, float]) -> tuple[float, ...]:
+    """A grid centre for printing: 3 decimals, and no "-0.0"."""
+    return tuple(round(c, 3) + 0.0 for c in center)
+
 
 def grid_box_mask(scene: Scene, center, side: float) -> torch.Tensor:
     """(V, H, W): True where a pixel's ray meets the axis-aligned cube (center, side), i.e. inside
@@ -107,8 +165,7 @@ def grid_warning(scene: Scene, cfg: Config) -> str | None:
                      else (mid + 1, high))
     enclosing = factors[low] if low < len(factors) else None
     lost = outside(1.0)
-    where = (f"the grid (side {cfg.grid_scale:.3g}, "
-             f"centre {tuple(round(c, 3) + 0.0 for c in cfg.grid_center)})")
+    where = f"the grid (side {cfg.grid_scale:.3g}, centre {rounded(cfg.grid_center)})"
     views = (f"{int((lost > 0.01 * object_pixels.flatten(1).sum(1)).sum())} "
              f"of {int(uniform.sum())} training views")
     if lost.sum().item() > 0.01 * total:

@@ -1,13 +1,10 @@
-"""What the scripts show of a scene and a trained model: the set-up (cameras.png: the cameras
-around the grid, and the grid box drawn over a training view), views rendered from the trained grid
-and their PSNR (`render_views`, `evaluate`: train.py, render.py and ablation.py share them), depth
-maps in colour and the preview. matplotlib is imported only when a figure is drawn, and without
-pyplot: no global backend, safe in a notebook.
+"""What the scripts draw: the set-up (cameras.png: the cameras around the grid, and the grid box over
+a training view), depth maps in colour, the preview. matplotlib is imported only when a figure is
+drawn, and without pyplot: no global backend, safe in a notebook.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -15,8 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepvoxels import Config, DeepVoxels, camera_to_pixel, mixed_precision, psnr, world_to_camera
-from scenes import Scene
+from deepvoxels import Config, camera_to_pixel, world_to_camera
+from scenes.files import to_uint8
+from scenes.layouts import Scene
 
 
 def plot_setup(path: str | Path, train: Scene, test: Scene | None, cfg: Config,
@@ -80,35 +78,6 @@ def colorize_depth(depth: torch.Tensor, size: int | None = None,
     return colors if size is None else F.interpolate(colors, size=(size, size), mode="nearest")
 
 
-def render_views(model: DeepVoxels, poses: torch.Tensor, device: str, precision: str,
-                 batch: int = 1) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
-    """Render poses (V, 4, 4) from the persistent grid alone, `batch` views at a time, in eval mode
-    (the model's mode is restored after): rgb (V, 3, H, W), depth (V, 1, h, w) or None (the naive
-    occlusion), and the seconds each view took (its batch's time over the batch's size)."""
-    was_training = model.training
-    model.eval()
-    rgbs, depths, seconds = [], [], []
-    with torch.no_grad(), mixed_precision(device, precision):
-        inpainted = model.inpainting(model.grid)      # (1, C, N, N, N), once: it depends on no view
-        for chunk in poses.split(batch):
-            start = time.perf_counter()
-            out = model.render_inpainted(inpainted, chunk.to(device))
-            rgbs.append(out["rgb"].float().cpu())      # .cpu() waits for a GPU to finish
-            seconds += [(time.perf_counter() - start) / len(chunk)] * len(chunk)
-            depths.append(out["depth"])
-    model.train(was_training)
-    depth = None if depths[0] is None else torch.cat(depths).float().cpu()
-    return torch.cat(rgbs), depth, seconds
-
-
-def evaluate(model: DeepVoxels, scene: Scene, device: str,
-             precision: str) -> tuple[float, torch.Tensor, torch.Tensor | None]:
-    """Mean PSNR of a scene's views rendered from the grid alone (render_views, eight at a time),
-    with the renders (V, 3, H, W) and depth maps (V, 1, h, w) or None."""
-    rgb, depth, _ = render_views(model, scene.poses, device, precision, batch=8)
-    return psnr(rgb, scene.images).mean().item(), rgb, depth
-
-
 def depth_images(depth: torch.Tensor | None, n: int, size: int,
                  depth_range=None) -> torch.Tensor:
     """Depth maps (n, 1, h, w) as viridis images (n, 3, size, size); plain grey for a model without
@@ -123,11 +92,6 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False)
     return images.clamp(0, 1)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images (B, 3, H, W) in [0, 1] to (B, H, W, 3) uint8."""
-    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def save_preview(path: Path, test: Scene, rgb: torch.Tensor, depth: torch.Tensor | None,

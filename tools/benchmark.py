@@ -7,10 +7,10 @@ divided by its fp32 time and compared with this machine's 2048 x 2048 fp32 matmu
 of the matmul rate a stage reaches says whether it is bound by arithmetic or by something else, and
 the step time on another CPU is about the same share of that CPU's matmul rate.
 
-    python benchmark.py                   # the default model sizes, on the CPU
-    python benchmark.py --profile fp32    # ... and the 15 costliest operators of an fp32 step
-    python benchmark.py --grid_size 32 --channels 32 --device cuda
-                                          # train.py's model-size flags work here too
+    python -m tools.benchmark                  # the default model sizes, on the CPU
+    python -m tools.benchmark --profile fp32   # ... and the 15 costliest operators of an fp32 step
+    python -m tools.benchmark --grid_size 32 --channels 32 --device cuda
+                                               # train.py's model-size flags work here too
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import checks
 import deepvoxels as dv
-import scenes
-import settings
+from scenes import settings, views
+from scenes.files import check_number
 
 
 def median_ms(fn, device: str, repeats: int) -> float:
@@ -56,9 +55,9 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int,
     torch.manual_seed(0)
     model = dv.DeepVoxels(cfg).to(device)
     image = torch.rand(1, 3, cfg.img_size, cfg.img_size, device=device)
-    source = torch.from_numpy(scenes.look_at(torch.tensor([0.0, -2.5, 0.8]).numpy(),
+    source = torch.from_numpy(views.look_at(torch.tensor([0.0, -2.5, 0.8]).numpy(),
                                              torch.zeros(3).numpy())).float()[None].to(device)
-    targets = scenes.orbit_poses(cfg.grid_center, 2.5, 2).to(device)
+    targets = views.orbit_poses(cfg.grid_center, 2.5, 2).to(device)
     n, C, h = cfg.grid_size, cfg.channels, cfg.feat_size
 
     def leaf(*shape):
@@ -129,35 +128,39 @@ def stage_timings(cfg: dv.Config, device: str, precision: str, repeats: int,
 
 
 def main(argv=None) -> None:
-    parser = checks.ArgumentParser(description=__doc__,
+    parser = settings.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20,
                         help="timed runs per stage (default: 20)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda")
+    settings.add_device_flags(parser, precision=False)  # it times both precisions
     parser.add_argument("--profile", choices=("fp32", "bf16"),
                         help="also print the costliest operators of a training step in this "
                              "precision")
     run_flags, rest = parser.parse_known_args(argv)
-    checks.check_number("--repeats", "the value", run_flags.repeats, (">=", 1))
-    checks.check_device(run_flags.device)
+    check_number("--repeats", "the value", run_flags.repeats, (">=", 1))
+    settings.check_device(run_flags.device)
     _, sizes = settings.parse_args(rest)  # the model-size flags of train.py
-    torch.set_flush_denormal(True)
     size = sizes["img_size"]
     cfg = dv.Config(**{**settings.fixed_sizes(sizes), "focal": 1.25 * size, "cx": size / 2,
                        "cy": size / 2, "grid_scale": 1.25})
-    fp32 = stage_timings(cfg, run_flags.device, "fp32", run_flags.repeats,
-                         run_flags.profile == "fp32")
-    if dv.resolve_precision(run_flags.device) == "bf16":  # where train.py's auto would use it
-        bf16 = stage_timings(cfg, run_flags.device, "bf16", run_flags.repeats,
-                             run_flags.profile == "bf16")
+    with dv.flushed_denormals():
+        report(cfg, run_flags.device, run_flags.repeats, run_flags.profile)
+
+
+def report(cfg: dv.Config, device: str, repeats: int, profile: str | None) -> None:
+    """Time every stage in fp32 (and in bf16 where train.py's auto uses it) and print the table."""
+    fp32 = stage_timings(cfg, device, "fp32", repeats,
+                         profile == "fp32")
+    if dv.resolve_precision(device) == "bf16":  # where train.py's auto would use it
+        bf16 = stage_timings(cfg, device, "bf16", repeats,
+                             profile == "bf16")
     else:
         bf16 = {name: (float("nan"),) * 3 for name in fp32}
         print("bf16: not timed: this CPU has no bf16 units, where bf16 runs many times slower "
               "than fp32 (train.py and render.py use fp32 here)")
-    matmul = matmul_gflops(run_flags.device, run_flags.repeats)
-    print(f"torch {torch.__version__}, device {run_flags.device}, median of "
-          f"{run_flags.repeats} runs; image {cfg.img_size}, features {cfg.feat_size}, "
+    matmul = matmul_gflops(device, repeats)
+    print(f"torch {torch.__version__}, device {device}, median of "
+          f"{repeats} runs; image {cfg.img_size}, features {cfg.feat_size}, "
           f"grid {cfg.grid_size}^3 x {cfg.channels}, D {cfg.depth_planes}")
     print(f"this CPU: {torch.get_num_threads()} threads, "
           f"{torch.backends.cpu.get_cpu_capability()}, "
@@ -179,4 +182,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    checks.run_command(main)
+    settings.run_command(main)

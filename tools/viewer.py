@@ -1,11 +1,11 @@
 """The interactive viewer and the architecture figure (matplotlib only):
 
-  python viewer.py --run runs/cube    drag to orbit the camera (RGB and learned depth side by
+  python -m tools.viewer --run runs/cube    drag to orbit the camera (RGB and learned depth side by
                                       side), click a pixel to plot the visibility weights along
                                       its ray against depth, press t to switch between the
                                       softmax and the naive model of an ablation run
                                       (--run runs/ablation-<scene>); no --run: the newest run
-  python viewer.py --architecture     redraw assets/architecture.png from a forward pass of the
+  python -m tools.viewer --architecture     redraw assets/architecture.png from a forward pass of the
                                       default model
 """
 
@@ -19,14 +19,12 @@ import numpy as np
 import torch
 
 import deepvoxels as dv
-import checks
-import runs
-import scenes
+from scenes import runs, settings, views
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Flags; with none, the viewer opens on the newest run."""
-    p = checks.ArgumentParser(description=__doc__,
+    p = settings.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ckpt", help="checkpoint file (default: the newest runs/*/ckpt.pt)")
@@ -51,7 +49,7 @@ CLICK_PIXELS = 3         # a press and release closer than this (screen pixels) 
 def camera_pose(center, radius: float, azimuth: float, elevation: float) -> torch.Tensor:
     """(1, 4, 4) pose at `radius` from `center`, at azimuth and elevation in degrees (world z up),
     looking at it."""
-    return scenes.orbit_poses(center, radius, 1, elevation, azimuth0=azimuth)
+    return views.orbit_poses(center, radius, 1, elevation, azimuth0=azimuth)
 
 
 def find_models(args: argparse.Namespace) -> tuple[dict[str, dv.DeepVoxels], dict]:
@@ -62,7 +60,7 @@ def find_models(args: argparse.Namespace) -> tuple[dict[str, dv.DeepVoxels], dic
     if not (paths and all(p.is_file() for p in paths)):
         paths = [runs.newest_checkpoint(args.ckpt, args.run)]
     # the viewer renders on the CPU
-    loaded = [dv.load_checkpoint(p, "cpu", {"scene": dict}) for p in paths]
+    loaded = [runs.load_checkpoint(p, "cpu", {"scene": dict}) for p in paths]
     return {model.cfg.occlusion: model.eval() for model, _ in loaded}, loaded[0][1]
 
 
@@ -229,7 +227,7 @@ def architecture(model: dv.DeepVoxels, targets: int = 2) -> dict:
     """{"arrows": ARROWS with each tensor's shape in a training forward pass (a random source,
     `targets` targets), "parameters": {block: count}}."""
     cfg = model.cfg
-    poses = scenes.orbit_poses(cfg.grid_center, 2.5 * cfg.grid_scale, targets + 1)
+    poses = views.orbit_poses(cfg.grid_center, 2.5 * cfg.grid_scale, targets + 1)
     source = torch.rand(1, 3, cfg.img_size, cfg.img_size)
     with torch.no_grad():
         out = model.eval()(source, poses[:1], poses[1:])
@@ -298,14 +296,14 @@ def draw_architecture(model: dv.DeepVoxels, path: Path) -> dict:
 def main(argv=None) -> Viewer | None:
     """Redraw the architecture figure with --architecture, else open the viewer."""
     args = parse_args(argv)
-    torch.set_flush_denormal(True)  # denormal floats in the grid make every convolution slower
     if not args.architecture:
-        return view(args)
-    path = Path(args.out or Path(__file__).parent / "assets") / "architecture.png"
+        with dv.flushed_denormals():
+            return view(args)
+    path = Path(args.out or Path(__file__).parents[1] / "assets") / "architecture.png"
     draw_architecture(dv.DeepVoxels(dv.Config()), path)
     print(f"wrote {path}")
     return None
 
 
 if __name__ == "__main__":
-    checks.run_command(main)
+    settings.run_command(main)
