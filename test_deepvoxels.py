@@ -42,7 +42,8 @@ def cube(tmp_path_factory) -> Path:
 
 def camera(eye, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
     """(1, 4, 4) OpenCV pose looking at target."""
-    return torch.from_numpy(views.look_at(np.array(eye, float), np.array(target, float))).float()[None]
+    return torch.from_numpy(views.look_at(np.array(eye, float),
+                                          np.array(target, float))).float()[None]
 
 
 # ── 1. Cameras and grid addressing ──────────────────────────────────────────────────────────
@@ -54,8 +55,8 @@ def test_projection_matches_hand_computation():
     K = dv.intrinsics_matrix(100.0, 100.0, 50.0, 40.0)
     uv, z = dv.camera_to_pixel(dv.world_to_camera(torch.tensor([[[1.0, 2.0, 5.0]]]), pose), K)
     # camera coords (1, 2, 10): u = 100 * 1/10 + 50 = 60, v = 100 * 2/10 + 40 = 60
-    assert (torch.allclose(uv, torch.tensor([[[60.0, 60.0]]]))
-            and torch.allclose(z, torch.tensor([[10.0]])))
+    assert torch.allclose(uv, torch.tensor([[[60.0, 60.0]]]))
+    assert torch.allclose(z, torch.tensor([[10.0]]))
 
 
 def test_look_at_is_opencv_and_pixel_to_ray_round_trips():
@@ -86,7 +87,8 @@ def test_opengl_to_opencv_flips_y_and_z():
 
 
 def naive_trilinear(grid: np.ndarray, point: np.ndarray, cfg: dv.Config) -> np.ndarray:
-    """Trilinear interpolation written out: grid (C, z, y, x), voxel centres at -L/2 + (i + 0.5) L/N."""
+    """Trilinear interpolation written out: grid (C, z, y, x), voxel centres at
+    -L/2 + (i + 0.5) L/N."""
     n, L = cfg.grid_size, cfg.grid_scale
     # continuous (x, y, z) voxel index
     idx = (point - np.array(cfg.grid_center)) / L * n + n / 2 - 0.5
@@ -158,7 +160,8 @@ def test_lifting_zeroes_voxels_behind_the_camera():
     # inside the grid, looking along +x
     pose = camera([0.0, 0.0, 0.0], target=(1.0, 0.0, 0.0))
     lifted, mask = dv.lift(torch.ones(1, 1, 8, 8), pose, cfg)
-    assert mask[..., :4].sum() == 0 and lifted[..., :4].abs().sum() == 0  # x < 0: behind
+    assert mask[..., :4].sum() == 0
+    assert lifted[..., :4].abs().sum() == 0  # x < 0: behind
     assert mask[..., 4:].sum() > 0
 
 
@@ -177,7 +180,8 @@ def test_lift_then_project_returns_each_pixels_feature():
     inside[..., [0, -1], :] = inside[..., :, [0, -1]] = False
     expected = (uv / 16).expand(cfg.depth_planes, 16, 16, 2)
     error = (volume[0].permute(1, 2, 3, 0) - expected)[inside[0]]
-    assert inside.sum() > 100 and error.abs().max() < 0.01                # a sixth of a pixel
+    assert inside.sum() > 100
+    assert error.abs().max() < 0.01  # a sixth of a pixel
 
 
 # ── 4. GRU integration ──────────────────────────────────────────────────────────────────────
@@ -203,10 +207,13 @@ def test_gru_keeps_H_when_Z_is_0_and_takes_S_when_Z_is_1():
 def test_fuse_updates_the_persistent_grid_and_detaches_it():
     torch.manual_seed(0)
     model = dv.DeepVoxels(TINY)
-    assert model.grid.abs().sum() == 0 and "grid" in model.state_dict()
+    assert model.grid.abs().sum() == 0
+    assert "grid" in model.state_dict()
     out = model.fuse(torch.rand(1, 3, 16, 16), camera([0.0, -3.0, 0.0]))
-    assert torch.equal(model.grid, out["grid"].detach()) and model.grid.abs().sum() > 0
-    assert not model.grid.requires_grad and out["grid"].requires_grad
+    assert torch.equal(model.grid, out["grid"].detach())
+    assert model.grid.abs().sum() > 0
+    assert not model.grid.requires_grad
+    assert out["grid"].requires_grad
 
 
 # ── 6-7. Projection and occlusion ───────────────────────────────────────────────────────────
@@ -218,7 +225,8 @@ def test_view_volume_covers_the_grid():
     corners = torch.tensor(list(np.ndindex(2, 2, 2)), dtype=torch.float32) - 0.5
     _, z = dv.camera_to_pixel(dv.world_to_camera(corners[None], pose),
                               dv.intrinsics_matrix(16, 16, 8, 8))
-    assert near.item() <= z.min().item() and far.item() >= z.max().item()
+    assert near.item() <= z.min().item()
+    assert far.item() >= z.max().item()
 
 
 def test_depth_range_covers_the_grid_for_a_camera_that_looks_past_its_centre():
@@ -232,11 +240,13 @@ def test_depth_range_covers_the_grid_for_a_camera_that_looks_past_its_centre():
                               dv.intrinsics_matrix(16, 16, 8, 8))
     # 1.27, not 1.42
     assert near.item() == pytest.approx(2.5 * np.cos(angle) - 1.25 * 3 ** 0.5 / 2, abs=1e-5)
-    assert near.item() <= z[z > 0].min().item() and far.item() >= z.max().item()
+    assert near.item() <= z[z > 0].min().item()
+    assert far.item() >= z.max().item()
 
 
 class FeatureMagnitude(nn.Module):
-    """A stand-in occlusion U-Net whose logit is 50x the first feature: picks the brightest sample."""
+    """A stand-in occlusion U-Net whose logit is 50x the first feature: picks the brightest
+    sample."""
 
     def forward(self, x):
         return 50 * x[:, :1]
@@ -290,7 +300,8 @@ def test_real_occlusion_net_with_its_depth_channel_finds_an_unseen_opaque_slab()
         optimizer.step()
     ramp = torch.linspace(-1, 1, 32).view(1, 32, 1, 1).expand(1, 32, 16, 16)
     # C features + the depth channel
-    assert seen[0].shape == (1, 9, 32, 16, 16) and torch.equal(seen[0][:, 8], ramp)
+    assert seen[0].shape == (1, 9, 32, 16, 16)
+    assert torch.equal(seen[0][:, 8], ramp)
     # the first slab seen, unchanged
     assert torch.equal(seen[0][:, :8], slab(2)[0])
     occlusion.eval()
@@ -352,7 +363,7 @@ def test_gan_losses_match_their_formulas_and_the_generator_wants_higher_scores()
         assert disc(fake - 0.05 * fake.grad.sign()).mean() > disc(fake).mean()
 
 
-def test_generator_loss_uses_the_fakes_batch_statistics_and_updates_the_running_ones_as_documented():
+def test_generator_loss_uses_the_fakes_batch_statistics_and_updates_running_ones_as_documented():
     torch.manual_seed(0)
     disc, fake = dv.PatchDiscriminator(8), torch.rand(2, 3, 32, 32)
     running = [m.running_mean.clone() for m in disc.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -370,7 +381,8 @@ def test_discriminator_gets_gradients_only_in_its_own_step():
     generator = nn.Parameter(torch.rand(2, 3, 32, 32))
     real = torch.rand(2, 3, 32, 32)
     dv.generator_adversarial_loss(disc, generator * 1.0).backward()     # the generator's step
-    assert all(p.grad is None for p in disc.parameters()) and generator.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters())
+    assert generator.grad.abs().sum() > 0
     assert all(p.requires_grad for p in disc.parameters())              # unfrozen again afterwards
     generator.grad = None
     before = [p.detach().clone() for p in disc.parameters()]
@@ -386,7 +398,8 @@ def test_discriminator_gets_gradients_only_in_its_own_step():
 
 @pytest.fixture(scope="session")
 def fitted(cube):
-    """The small model after 300 steps on the cube's 12 training views (about 10 s), with both splits at 32 px."""
+    """The small model after 300 steps on the cube's 12 training views (about 10 s), with both
+    splits at 32 px."""
     torch.manual_seed(0)
     train_views, test_views = (layouts.load_split(cube, "train", 32),
                                layouts.load_split(cube, "test", 32))
@@ -421,7 +434,8 @@ def test_render_uses_only_the_grid():
     # the test-time path must not need them
     model.encoder = model.gru = None
     out = model.render(torch.cat([camera([2.5, 0, 0]), camera([0, 2.5, 0])]))
-    assert out["rgb"].shape == (2, 3, 16, 16) and out["depth"].shape == (2, 1, 16, 16)
+    assert out["rgb"].shape == (2, 3, 16, 16)
+    assert out["depth"].shape == (2, 1, 16, 16)
     assert torch.allclose(out["weights"].sum(1), torch.ones(2, 16, 16), atol=1e-5)
 
 
@@ -450,22 +464,25 @@ def test_naive_occlusion_trains_and_renders(cube, tmp_path):
     losses = [train.training_step(state, scene.images, scene.poses, v, run) for v in views]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
     out = model.eval().render(scene.poses[:2])
-    assert out["rgb"].shape == (2, 3, 32, 32) and out["flat_features"].shape == (2, 8, 16, 16)
+    assert out["rgb"].shape == (2, 3, 32, 32)
+    assert out["flat_features"].shape == (2, 8, 16, 16)
     # no visibility, no depth map
-    assert out["depth"] is None and out["weights"] is None
+    assert out["depth"] is None
+    assert out["weights"] is None
     # the command line: train, evaluate and write the preview without a depth column
     train.main(["--data", str(cube), "--out", str(tmp_path), "--minutes", "0", "--iters", "2",
                 "--eval_every", "1e-9", "--occlusion", "naive", *SMALL_FLAGS])
     assert iio.imread(tmp_path / "preview.png").shape == (4 * 32, 2 * 32, 3)  # target | prediction
     # by default: no discriminator, L1 x 1
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert ("discriminator" not in state
-            and (state["train_config"]["gan_weight"], state["train_config"]["l1_weight"])
+    assert "discriminator" not in state
+    assert ((state["train_config"]["gan_weight"], state["train_config"]["l1_weight"])
             == (0.0, 1.0))
 
 
 def each_render_is_closest_to_its_own_image(model: dv.DeepVoxels, scene: layouts.Scene) -> bool:
-    """For every pose A and every other view B: the render for A is closer (L1) to image A than to image B."""
+    """For every pose A and every other view B: the render for A is closer (L1) to image A than
+    to image B."""
     with torch.no_grad():
         rgb = model.render(scene.poses)["rgb"]
     distance = (rgb[:, None] - scene.images[None]).abs().flatten(2).mean(-1)   # (render, image)
@@ -582,7 +599,8 @@ def test_fast_conv3d_at_batch_one_equals_the_plain_convolution_with_its_gradient
     x = torch.randn(1, 5, 8, 6, 4, requires_grad=True)                  # D, H, W all different
     out = conv(x)
     reference = F.conv3d(x, conv.weight, conv.bias, padding=1)          # PyTorch's own (slow) path
-    assert out.shape == (1, 7, 8, 6, 4) and torch.allclose(out, reference, atol=1e-5)
+    assert out.shape == (1, 7, 8, 6, 4)
+    assert torch.allclose(out, reference, atol=1e-5)
     grads = torch.autograd.grad((out * reference.detach()).sum(), (x, conv.weight))
     expected = torch.autograd.grad((reference * reference.detach()).sum(), (x, conv.weight))
     assert all(torch.allclose(g, e, atol=1e-4) for g, e in zip(grads, expected))

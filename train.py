@@ -262,7 +262,8 @@ class Scoring:
         print(*([note] if note else []),
               f"{len(train.names)} training views, {len(held_out.names) if held_out else 'no'} "
               f"test views at {cfg.img_size}px; {dv.parameter_count(state.model) / 1e6:.2f}M "
-              f"parameters; grid {cfg.grid_size}^3 x {cfg.channels}; device {run.device}, {dv.resolve_precision(run.device, run.precision)}",
+              f"parameters; grid {cfg.grid_size}^3 x {cfg.channels}; device {run.device}, "
+              f"{dv.resolve_precision(run.device, run.precision)}",
               f"{name} on the {split} views: {baseline:.2f} dB PSNR", sep="\n")
         scene = {"data": runs.data_entry(run.data, out),
                  "orbit_radius": views.orbit_radius(train.poses, cfg.grid_center)}

@@ -51,9 +51,9 @@ def open_scene(data: str | Path, sizes: dict, grid_center=None, grid_scale=None,
 
 
 def describe(root: str | Path, train: Scene, test: Scene | None, layout: str) -> list[str]:
-    """What layouts.load_layout found in `root`, as lines to print: the layout, the views and the images'
-    size, after a line saying that the poses were inverted where intrinsics.txt says they are
-    world-to-camera."""
+    """What layouts.load_layout found in `root`, as lines to print: the layout, the views and the
+    images' size, after a line saying that the poses were inverted where intrinsics.txt says they
+    are world-to-camera."""
     root = Path(root)
     (h0, w0), img_size = train.source_size, train.images.shape[-1]
     cropped = f" centre-cropped to {min(h0, w0)}x{min(h0, w0)} (principal point shifted)"

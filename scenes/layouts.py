@@ -355,8 +355,8 @@ def check_same_camera(train: Intrinsics, test: Intrinsics, where: Path) -> None:
 
 
 def load_layout(root: str | Path, img_size: int) -> tuple[Scene, Scene | None, str]:
-    """Detect a scene folder's layout and load it at img_size (dataset.describe says in one line what
-    was found).
+    """Detect a scene folder's layout and load it at img_size (dataset.describe says in one line
+    what was found).
 
     Layouts, first match wins: transforms_train.json (NeRF-synthetic; held-out views from
     transforms_test.json, else transforms_val.json), transforms.json (instant-ngp / nerfstudio),

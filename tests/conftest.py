@@ -16,7 +16,8 @@ import torch
 import deepvoxels as dv
 from scenes import files, runs, synthetic
 
-from test_deepvoxels import SMALL, SMALL_FLAGS, TINY, TINY_FLAGS, camera, cube  # noqa: F401 (shared)
+from test_deepvoxels import (SMALL, SMALL_FLAGS, TINY, TINY_FLAGS,  # noqa: F401 (shared)
+                             camera, cube)
 
 ROOT = Path(__file__).parents[1]  # the project's top folder
 
@@ -36,7 +37,8 @@ def nearest_directions(poses: torch.Tensor, k: int) -> list[set[int]]:
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """(w, x, y, z) of a rotation matrix: the top eigenvector of Bar-Itzhack's symmetric 4x4 matrix."""
+    """(w, x, y, z) of a rotation matrix: the top eigenvector of Bar-Itzhack's symmetric 4x4
+    matrix."""
     (xx, xy, xz), (yx, yy, yz), (zx, zy, zz) = R
     K = np.array([[xx - yy - zz, yx + xy, zx + xz, zy - yz],
                   [yx + xy, yy - xx - zz, zy + yz, xz - zx],
@@ -47,13 +49,15 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
 
 
 def cube_views(cube: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Every view of the cube scene as (split, OpenCV camera-to-world pose, RGB uint8 image), train first."""
+    """Every view of the cube scene as (split, OpenCV camera-to-world pose, RGB uint8 image), train
+    first."""
     return [(split, files.read_pose(p), iio.imread(cube / split / "rgb" / (p.stem + ".png")))
             for split in ("train", "test") for p in sorted((cube / split / "pose").glob("*.txt"))]
 
 
 def write_rgba(path: Path, rgb: np.ndarray) -> None:
-    """PNG with alpha 0 (and black colour) on the white background: composited on white it reads back as rgb."""
+    """PNG with alpha 0 (and black colour) on the white background: composited on white it reads
+    back as rgb."""
     background = (rgb == 255).all(-1, keepdims=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, np.concatenate([np.where(background, 0, rgb),
@@ -61,7 +65,8 @@ def write_rgba(path: Path, rgb: np.ndarray) -> None:
 
 
 def export_nerf_synthetic(cube: Path, root: Path) -> Path:
-    """The cube as a NeRF-synthetic scene: transforms_train/test.json, OpenGL poses, file paths without .png."""
+    """The cube as a NeRF-synthetic scene: transforms_train/test.json, OpenGL poses, file paths
+    without .png."""
     views = cube_views(cube)
     # the cube at 32 px: f = 1.25 * 32
     angle = 2 * np.arctan(0.5 * 32 / 40.0)
@@ -77,7 +82,8 @@ def export_nerf_synthetic(cube: Path, root: Path) -> Path:
 
 
 def export_transforms_json(cube: Path, root: Path) -> Path:
-    """Every view of the cube in one instant-ngp/nerfstudio transforms.json with fl_x, fl_y, cx, cy, w, h."""
+    """Every view of the cube in one instant-ngp/nerfstudio transforms.json with fl_x, fl_y, cx, cy,
+    w, h."""
     frames = []
     for k, (_, pose, rgb) in enumerate(cube_views(cube)):
         iio.imwrite((root / "images").mkdir(parents=True, exist_ok=True)
@@ -91,7 +97,8 @@ def export_transforms_json(cube: Path, root: Path) -> Path:
 
 
 def export_colmap(cube: Path, root: Path) -> Path:
-    """Every view of the cube as a COLMAP text model: world-to-camera quaternions, photos in images/."""
+    """Every view of the cube as a COLMAP text model: world-to-camera quaternions, photos in
+    images/."""
     (root / "sparse" / "0").mkdir(parents=True)
     (root / "sparse" / "0" / "cameras.txt").write_text(
         "# Camera list\n1 PINHOLE 32 32 40 40 16 16\n")
@@ -107,8 +114,8 @@ def export_colmap(cube: Path, root: Path) -> Path:
 
 
 def export_nsvf(cube: Path, root: Path) -> Path:
-    """The cube as NSVF: one rgb/ and pose/ with split prefixes (0_ train, 1_ validation, 2_ test), K as a 4x4
-    matrix in intrinsics.txt and the grid in bbox.txt."""
+    """The cube as NSVF: one rgb/ and pose/ with split prefixes (0_ train, 1_ validation, 2_ test),
+    K as a 4x4 matrix in intrinsics.txt and the grid in bbox.txt."""
     (root / "rgb").mkdir(parents=True)
     (root / "pose").mkdir()
     views = cube_views(cube)
@@ -147,7 +154,8 @@ def run_render(*args: str) -> subprocess.CompletedProcess:
 
 
 def tiny_checkpoints(folder: Path) -> dict[str, dv.DeepVoxels]:
-    """An ablation-like folder: untrained tiny softmax and naive models (a fused random view each) in <kind>/ckpt.pt."""
+    """An ablation-like folder: untrained tiny softmax and naive models (a fused random view each)
+    in <kind>/ckpt.pt."""
     models = {}
     for kind in ("softmax", "naive"):
         torch.manual_seed(0)

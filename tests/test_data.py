@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 
 import deepvoxels as dv
-import render
 import train
 from scenes import dataset, evaluation, figures, files, grid, layouts, synthetic, views
 
@@ -40,8 +39,8 @@ def test_loader_reads_both_pose_layouts_alpha_and_rescales_intrinsics(tmp_path):
     np.savetxt(folder / "pose" / "000001.txt", pose.reshape(1, 16))       # one row of 16
     (folder / "intrinsics.txt").write_text("40 16 16 0\n0 0 0\n0\n1.5\n32 32\n0\n")
     scene = layouts.load_split(tmp_path / "scene", "train", 16)
-    assert (torch.allclose(scene.poses[0], scene.poses[1])
-            and torch.allclose(scene.poses[0].double(), torch.from_numpy(pose), atol=1e-6))
+    assert torch.allclose(scene.poses[0], scene.poses[1])
+    assert torch.allclose(scene.poses[0].double(), torch.from_numpy(pose), atol=1e-6)
     assert ((scene.intrinsics.focal, scene.intrinsics.cx, scene.intrinsics.grid_scale)
             == (20.0, 8.0, 1.5))
     # white where transparent
@@ -59,8 +58,8 @@ def test_world2cam_flag_inverts_the_poses_and_says_so(cube, tmp_path):
         intrinsics.write_text(intrinsics.read_text() + "1\n")
     original, original_test, _ = layouts.load_layout(cube, 32)
     train, test, layout = layouts.load_layout(flipped, 32)
-    assert (torch.allclose(train.poses, original.poses, atol=1e-5)
-            and torch.allclose(test.poses, original_test.poses, atol=1e-5))
+    assert torch.allclose(train.poses, original.poses, atol=1e-5)
+    assert torch.allclose(test.poses, original_test.poses, atol=1e-5)
     said = "\n".join(dataset.describe(flipped, train, test, layout))      # what the scripts print
     assert "line 6 says the poses are world-to-camera: inverted on reading" in said
     # --poses too
@@ -89,8 +88,8 @@ def test_loader_keeps_one_full_size_image_in_memory_at_a_time(tmp_path):
     expected = nn.functional.interpolate(
         torch.from_numpy(np.roll(pattern, 80, axis=1) / 255).permute(2, 0, 1)[None].float(),
         size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
-    assert (torch.allclose(scene.images[2], expected[0], atol=1e-5)
-            and scene.intrinsics.focal == 20.0)
+    assert torch.allclose(scene.images[2], expected[0], atol=1e-5)
+    assert scene.intrinsics.focal == 20.0
 
 
 def test_quaternion_to_rotation_matches_a_hand_computed_rotation():
@@ -109,7 +108,8 @@ def test_every_layout_reads_back_the_cube(cube, tmp_path, layout, export, every_
     root = export(cube, tmp_path / "scene")
     train, test, found = layouts.load_layout(root, 16)
     said = "\n".join(dataset.describe(root, train, test, found))          # what the scripts print
-    assert found == layout and f"{layout} layout" in said
+    assert found == layout
+    assert f"{layout} layout" in said
     ref_train, ref_test, _ = layouts.load_layout(cube, 16)
     # one file of 16 views: 0 and 8 held out
     if every_8th:
@@ -122,7 +122,8 @@ def test_every_layout_reads_back_the_cube(cube, tmp_path, layout, export, every_
         assert torch.allclose(scene.poses, ref.poses, atol=1e-5)
         assert torch.allclose(scene.images, ref.images, atol=1e-6)
         K, K_ref = (s.intrinsics.matrix() for s in (scene, ref))
-        assert torch.allclose(K, K_ref, atol=1e-5) and K[0, 0] == pytest.approx(20.0, abs=1e-5)
+        assert torch.allclose(K, K_ref, atol=1e-5)
+        assert K[0, 0] == pytest.approx(20.0, abs=1e-5)
     cfg = grid.scene_config(train, asdict(TINY))
     # bbox.txt: the cube's own grid
     if layout == "NSVF":
@@ -130,8 +131,8 @@ def test_every_layout_reads_back_the_cube(cube, tmp_path, layout, export, every_
     # no grid in the files: the estimate
     else:
         expected = grid.estimate_grid_placement(ref_train.poses, ref_train.intrinsics)
-    assert (np.allclose(cfg.grid_center, expected[0], atol=1e-5)
-            and cfg.grid_scale == pytest.approx(expected[1], abs=1e-5))
+    assert np.allclose(cfg.grid_center, expected[0], atol=1e-5)
+    assert cfg.grid_scale == pytest.approx(expected[1], abs=1e-5)
 
 
 def test_nerf_synthetic_holds_out_the_val_views_when_there_is_no_test_file(cube, tmp_path):
@@ -188,8 +189,8 @@ def test_non_square_images_are_centre_cropped_and_a_known_point_lands_on_its_pix
     centres = dv.pixel_centers(12, 12)                                    # (12, 12, 2) as (u, v)
     centroid = (darkness[..., None] * centres).sum((0, 1)) / darkness.sum()
     expected = torch.tensor([(u0 - 8) / 2, v0 / 2] if width > height else [u0 / 2, (v0 - 8) / 2])
-    assert (torch.allclose(uv[0, 0], expected, atol=1e-4)
-            and torch.allclose(centroid, expected, atol=0.05))
+    assert torch.allclose(uv[0, 0], expected, atol=1e-4)
+    assert torch.allclose(centroid, expected, atol=0.05)
 
 
 # imageio's legacy plugins, tried on the broken PNG
@@ -240,7 +241,8 @@ def test_loader_refuses_nan_pose_zero_focal_empty_rgb_and_truncated_png_in_one_l
     breakage(root)
     with pytest.raises(dv.DataError) as error:
         layouts.load_split(root, "train", 16)
-    assert message in str(error.value) and "\n" not in str(error.value)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 ROTATION = views.look_at(np.array([0.0, -2.5, 1.0]), np.zeros(3))
@@ -260,8 +262,8 @@ def test_a_pose_must_be_a_proper_rotation_and_a_translation(tmp_path, pose, mess
     np.savetxt(root / "train" / "pose" / "000001.txt", pose)
     with pytest.raises(dv.DataError) as error:
         layouts.load_split(root, "train", 16)
-    assert (str(error.value).startswith(str(root / "train" / "pose" / "000001.txt"))
-            and message in str(error.value))
+    assert str(error.value).startswith(str(root / "train" / "pose" / "000001.txt"))
+    assert message in str(error.value)
 
 
 def test_text_files_are_utf8_a_bom_allowed_and_a_folder_is_named(tmp_path):
@@ -357,7 +359,8 @@ def test_numbers_read_from_files_are_finite_and_in_range(cube, tmp_path, layout,
     breakage(root)
     with pytest.raises(dv.DataError) as error:
         layouts.load_layout(root, 32)
-    assert message in str(error.value) and "\n" not in str(error.value)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("layout, breakage, message", [
@@ -400,8 +403,10 @@ def test_train_cli_reports_bad_input_in_one_line(tmp_path):
                   "ckpt.pt: not a DeepVoxels checkpoint"))
     for args, message in cases:
         result = run_train(*args)
-        assert result.returncode == 1 and message in result.stderr
-        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert result.returncode == 1
+        assert message in result.stderr
+        assert result.stderr.count("\n") == 1
+        assert "Traceback" not in result.stderr
 
 
 def test_train_cli_reports_a_bad_colmap_model_in_one_line(tmp_path):
@@ -409,10 +414,11 @@ def test_train_cli_reports_a_bad_colmap_model_in_one_line(tmp_path):
     edit(root / "sparse" / "0" / "cameras.txt", "PINHOLE 32 32 40 40 16 16",
          "SIMPLE_RADIAL 32 32 40 16 16 0.01")
     result = run_train("--data", str(root), "--check", "--out", str(tmp_path / "run"))
-    assert (result.returncode == 1
-            and "cameras.txt: line 2: camera model SIMPLE_RADIAL is not a pinhole model"
+    assert result.returncode == 1
+    assert ("cameras.txt: line 2: camera model SIMPLE_RADIAL is not a pinhole model"
             in result.stderr)
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
 
 
 def test_scene_config_estimates_the_grid_when_the_file_does_not_say(cube):
@@ -420,7 +426,8 @@ def test_scene_config_estimates_the_grid_when_the_file_does_not_say(cube):
     scene.intrinsics = replace(scene.intrinsics, grid_center=None, grid_scale=None)
     cfg = grid.scene_config(scene, asdict(TINY))
     # contains the unit cube
-    assert np.allclose(cfg.grid_center, 0, atol=1e-4) and 1.0 < cfg.grid_scale < 2.5
+    assert np.allclose(cfg.grid_center, 0, atol=1e-4)
+    assert 1.0 < cfg.grid_scale < 2.5
     assert grid.scene_config(scene, asdict(TINY), grid_center=(1, 2, 3),
                                grid_scale=4.0).grid_center == (1, 2, 3)
 
@@ -443,17 +450,17 @@ def test_grid_warning_is_quiet_on_the_cube_and_fires_on_a_grid_too_small_or_too_
     cfg = grid.scene_config(train, asdict(TINY))
     assert grid.grid_warning(train, cfg) is None
     small = grid.grid_warning(train, replace(cfg, grid_scale=0.6))
-    assert (small.startswith("warning: the object leaves the grid")
-            and "in 12 of 12 training views" in small)
+    assert small.startswith("warning: the object leaves the grid")
+    assert "in 12 of 12 training views" in small
     suggested = float(small.split("--grid_scale ")[1].split()[0])
-    assert (1.0 < suggested < 1.5
-            and grid.grid_warning(train, replace(cfg, grid_scale=suggested)) is None)
+    assert 1.0 < suggested < 1.5
+    assert grid.grid_warning(train, replace(cfg, grid_scale=suggested)) is None
     # half the cube outside
     off_centre = grid.grid_warning(train, replace(cfg, grid_center=(0.6, 0.0, 0.0)))
     assert "the object leaves the grid" in off_centre
     large = grid.grid_warning(train, replace(cfg, grid_scale=4.0))
-    assert ("larger than the object needs" in large
-            and 1.0 < float(large.split("--grid_scale ")[1].split()[0]) < 1.5)
+    assert "larger than the object needs" in large
+    assert 1.0 < float(large.split("--grid_scale ")[1].split()[0]) < 1.5
     # no plain background: nothing to check against
     photographs = replace(train, images=torch.rand_like(train.images))
     assert grid.grid_warning(photographs, replace(cfg, grid_scale=0.6)).startswith(
@@ -501,9 +508,10 @@ def test_feature_size_rule_gives_small_objects_full_resolution_features_and_larg
     synthetic.make_scene(tmp_path / name, name, n_train=6, n_test=1, size=64)
     train_views, _, _ = layouts.load_layout(tmp_path / name, 64)
     chosen, line = grid.feature_size(train_views, 64)
-    assert (chosen == (64 if fine else dv.Config.feat_size)
-            and f"feature maps {chosen} x {chosen}" in line)
-    assert ("under 70%" in line) == fine and "--feat_size sets them" in line
+    assert chosen == (64 if fine else dv.Config.feat_size)
+    assert f"feature maps {chosen} x {chosen}" in line
+    assert ("under 70%" in line) == fine
+    assert "--feat_size sets them" in line
 
 
 def test_train_sizes_feature_maps_by_the_rule_only_when_feat_size_is_not_given(tmp_path, capsys):
@@ -526,17 +534,18 @@ def test_check_flag_loads_checks_plots_and_exits(cube, tmp_path, capsys):
     train.main(["--data", str(root), "--out", str(tmp_path / "run"), "--grid_scale", "0.6",
                 "--check", *TINY_FLAGS])
     out = capsys.readouterr().out
-    assert ("NeRF-synthetic layout; 12 training and 4 held-out views" in out
-            and "warning: the object leaves the grid" in out)
-    assert (iio.imread(tmp_path / "run" / "cameras.png").shape[:2] == (500, 1100)
-            and not (tmp_path / "run" / "ckpt.pt").exists())
+    assert "NeRF-synthetic layout; 12 training and 4 held-out views" in out
+    assert "warning: the object leaves the grid" in out
+    assert iio.imread(tmp_path / "run" / "cameras.png").shape[:2] == (500, 1100)
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
 
 
 def test_view_neighbours_and_nearest_view_baseline():
     poses = torch.cat([camera([2.0, 0, 0]), camera([0, 2.0, 0]), camera([1.9, 0.3, 0]),
                        camera([-2.0, 0, 0])])
     neighbours = views.view_neighbours(poses, k=2)
-    assert neighbours[0].tolist() == [2, 1] and (neighbours != torch.arange(4)[:, None]).all()
+    assert neighbours[0].tolist() == [2, 1]
+    assert (neighbours != torch.arange(4)[:, None]).all()
     train_scene = layouts.Scene(torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2), poses,
                                files.Intrinsics(1, 1, 1), list("abcd"))
     copied = evaluation.nearest_view_baseline(
@@ -561,8 +570,9 @@ def test_cube_is_deterministic_and_opaque_where_expected(cube, tmp_path):
     image = synthetic.ray_cast(pose, 32.0, 32, synthetic.SCENES["cube"].shapes)
     # The cube's +x face spans |y|, |z| <= 0.5 at distance 2:
     # pixels within 32 * 0.5/2 = 8 of the centre.
-    assert ((image[9:23, 9:23] < 0.99).any(-1).all() and np.allclose(image[:5], 1.0)
-            and np.allclose(image[27:], 1.0))
+    assert (image[9:23, 9:23] < 0.99).any(-1).all()
+    assert np.allclose(image[:5], 1.0)
+    assert np.allclose(image[27:], 1.0)
 
 
 def test_two_cubes_scene_shows_the_nearer_cube():
@@ -589,7 +599,8 @@ def test_blocks_scene_is_harder_small_finely_textured_and_self_occluding(tmp_pat
     for occupied in (foreground.any(2), foreground.any(1)):
         first, last = occupied.float().argmax(1), 47 - occupied.flip(1).float().argmax(1)
         # objects fill at most half the frame
-        assert occupied.any(1).all() and (last - first + 1).max() <= 24
+        assert occupied.any(1).all()
+        assert (last - first + 1).max() <= 24
     assert min(box.cells for box in spec.shapes) >= 6
     # across a -z face
     line = np.stack([np.linspace(-0.499, 0.499, 400), np.zeros(400), np.zeros(400)], 1)
@@ -689,7 +700,8 @@ def test_fuzz_every_layout_broken_gives_one_error_line_or_a_run_that_trains(
                                 "--check", *TINY_FLAGS])
                 # the command line prints it as one line
                 except dv.DataError as error:
-                    assert "\n" not in str(error) and str(error), case
+                    assert "\n" not in str(error), case
+                    assert str(error), case
                     outcomes["error"] += 1
                 # --check passed: what it passed must train
                 else:
@@ -705,4 +717,5 @@ def test_fuzz_every_layout_broken_gives_one_error_line_or_a_run_that_trains(
                                     "--iters", "2", "--minutes", "0", "--overwrite", *TINY_FLAGS])
                 shutil.rmtree(broken)
                 capsys.readouterr()
-    assert outcomes["error"] > 500 and outcomes["passed"] > 10, outcomes
+    assert outcomes["error"] > 500, outcomes
+    assert outcomes["passed"] > 10, outcomes

@@ -20,8 +20,10 @@ from conftest import ROOT
 # ── Notebook, handout, README and docs ──────────────────────────────────────────────────────
 
 TUTORIAL_WRONG_ANSWERS = '''
-wrong_answers = [(check_projection, (np.array([32.0, 32.0]),)), (check_mask, (np.ones((cfg.grid_size,) * 3, bool),)),
-                 (check_spacing, (0.5,)), (check_grid, (2, 0)), (check_grid, (8, 100)), (check_broken_softmax, (2.0,))]
+wrong_answers = [(check_projection, (np.array([32.0, 32.0]),)),
+                 (check_mask, (np.ones((cfg.grid_size,) * 3, bool),)),
+                 (check_spacing, (0.5,)), (check_grid, (2, 0)), (check_grid, (8, 100)),
+                 (check_broken_softmax, (2.0,))]
 if "check_scaling" in globals():
     wrong_answers += [(check_scaling, (2.0, 1.0)), (check_scaling, (4.0, 2.0))]
 for check, wrong in wrong_answers:
@@ -67,14 +69,17 @@ def test_handout_keeps_the_todo_cells_and_checks_and_runs_with_every_exercise_un
     full = json.loads((ROOT / "tutorial.ipynb").read_text())
     made = handout.make_handout(full)
     code = "\n".join(c["source"] for c in made["cells"] if c["cell_type"] == "code")
-    assert len(made["cells"]) == len(full["cells"]) and "### BEGIN SOLUTION" in json.dumps(full)
-    assert ("SOLUTION" not in code and "x_cam = pose[:3, :3].T" not in code
-            and "my_depth = 2.5" not in code)
+    assert len(made["cells"]) == len(full["cells"])
+    assert "### BEGIN SOLUTION" in json.dumps(full)
+    assert "SOLUTION" not in code
+    assert "x_cam = pose[:3, :3].T" not in code
+    assert "my_depth = 2.5" not in code
     answers = [c["source"] for c in made["cells"]
                if c["cell_type"] == "code" and "# TODO" in c["source"]]
     todo = [line for a in answers for line in a.splitlines() if "# TODO" in line]
-    assert (len(answers) == 6 and len(todo) == 8
-            and all(line.split("#")[0].rstrip().endswith("= None") for line in todo))
+    assert len(answers) == 6
+    assert len(todo) == 8
+    assert all(line.split("#")[0].rstrip().endswith("= None") for line in todo)
     assert not any(c.get("outputs") for c in made["cells"])
     with pytest.raises(ValueError, match="cell 1: '### BEGIN SOLUTION' without"):
         handout.make_handout({"cells": [
@@ -112,8 +117,9 @@ def test_readme_equation_table_points_at_lines_that_exist():
 
 
 def test_readme_notebook_and_docs_quote_the_same_headline():
-    """The default 10-minute cube run is measured in one place, docs/measurements.md (its headline line
-    and the per-scene table); README.md and the notebook's prose repeat its dB figures exactly."""
+    """The default 10-minute cube run is measured in one place, docs/measurements.md (its headline
+    line and the per-scene table); README.md and the notebook's prose repeat its dB figures
+    exactly."""
     import nbformat
 
     measurements = (ROOT / "docs" / "measurements.md").read_text()
@@ -127,7 +133,8 @@ def test_readme_notebook_and_docs_quote_the_same_headline():
     header = next(cells(line) for line in measurements.splitlines()
                   if line.startswith("| scene |") and "10 min" in line)
     rows = {cells(line)[header.index("CPU")]: cells(line) for line in measurements.splitlines()
-            if line.startswith("| `cube` |") and cells(line)[header.index("settings")] == "defaults"}
+            if line.startswith("| `cube` |")
+            and cells(line)[header.index("settings")] == "defaults"}
     # the table the headline sums up
     for cpu, figure in (("no bf16 units", no_bf16), ("bf16 units", bf16)):
         row = rows[cpu]

@@ -45,7 +45,8 @@ def test_psnr_matches_numpy():
 
 
 def ssim_direct(x: np.ndarray, y: np.ndarray) -> float:
-    """Wang et al. 2004 written out: one 11x11 Gaussian window (sigma 1.5) per valid position and channel."""
+    """Wang et al. 2004 written out: one 11x11 Gaussian window (sigma 1.5) per valid position and
+    channel."""
     d = np.arange(11) - 5
     w = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * 1.5 ** 2))
     w /= w.sum()
@@ -70,8 +71,8 @@ def test_ssim_matches_direct_formula_and_its_properties():
     y = (0.7 * x + 0.3 * torch.rand(2, 3, 15, 14)).clamp(0, 1)
     expected = [ssim_direct(x[k].double().numpy(), y[k].double().numpy()) for k in range(2)]
     assert np.allclose(evaluation.ssim(x, y).numpy(), expected, atol=1e-5)
-    assert torch.allclose(evaluation.ssim(x, x), torch.ones(2), atol=1e-6)         # identical images
-    assert torch.allclose(evaluation.ssim(x, y), evaluation.ssim(y, x), atol=1e-6)         # symmetric
+    assert torch.allclose(evaluation.ssim(x, x), torch.ones(2), atol=1e-6)  # identical images
+    assert torch.allclose(evaluation.ssim(x, y), evaluation.ssim(y, x), atol=1e-6)  # symmetric
     smooth = torch.linspace(0, 1, 32).expand(1, 3, 32, 32)
     noisy = [(smooth + s * torch.randn(1, 3, 32, 32)).clamp(0, 1) for s in (0.02, 0.1, 0.3)]
     scores = [evaluation.ssim(n, smooth).item() for n in noisy]
@@ -109,8 +110,8 @@ def test_evaluate_renders_in_eval_mode_and_restores_the_mode(cube):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         expected = model.eval().render(scene.poses)["rgb"]
-    assert (torch.allclose(rgb, expected, atol=1e-6)
-            and psnr == pytest.approx(evaluation.psnr(expected, scene.images).mean().item(), abs=1e-5))
+    assert torch.allclose(rgb, expected, atol=1e-6)
+    assert psnr == pytest.approx(evaluation.psnr(expected, scene.images).mean().item(), abs=1e-5)
     evaluation.evaluate(model, scene, "cpu", "fp32")
     assert not any(m.training for m in model.modules())
 
@@ -124,8 +125,8 @@ def test_newest_checkpoint_takes_the_newest_run(tmp_path, monkeypatch):
         (tmp_path / "runs" / name / "ckpt.pt").write_bytes(b"")
         os.utime(tmp_path / "runs" / name / "ckpt.pt", (mtime, mtime))
     assert runs.newest_checkpoint() == Path("runs/new/ckpt.pt")
-    assert (runs.newest_checkpoint(run="x") == Path("x/ckpt.pt")
-            and runs.newest_checkpoint(ckpt="y.pt") == Path("y.pt"))
+    assert runs.newest_checkpoint(run="x") == Path("x/ckpt.pt")
+    assert runs.newest_checkpoint(ckpt="y.pt") == Path("y.pt")
 
 
 def test_render_end_to_end(tiny_run, cube, tmp_path, capsys):
@@ -133,11 +134,13 @@ def test_render_end_to_end(tiny_run, cube, tmp_path, capsys):
                           "--precision", "fp32"])
     out = tiny_run / "render"
     assert json.loads((out / "metrics.json").read_text()) == report
-    assert (report["step"] == 3 and report["split"] == "test"
-            and [v["name"] for v in report["views"]] == ["000000", "000001", "000002", "000003"])
+    assert report["step"] == 3
+    assert report["split"] == "test"
+    assert [v["name"] for v in report["views"]] == ["000000", "000001", "000002", "000003"]
     assert report["mean"]["psnr"] == pytest.approx(np.mean([v["psnr"] for v in report["views"]]),
                                                    abs=1e-3)
-    assert report["fps"] > 0 and f"{report['fps']:.1f} fps" in capsys.readouterr().out
+    assert report["fps"] > 0
+    assert f"{report['fps']:.1f} fps" in capsys.readouterr().out
     # Every test PSNR again, independently: the checkpoint's model in eval mode, numpy PSNR.
     model, _ = runs.load_checkpoint(tiny_run / "ckpt.pt")
     test, train_split = layouts.load_split(cube, "test", 16), layouts.load_split(cube, "train", 16)
@@ -196,8 +199,10 @@ def test_render_cli_reports_bad_input_in_one_line(tiny_run, cube, tmp_path):
               "render: cannot write the output folder")]
     for args, message in cases:
         result = run_render(*args)
-        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
-        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1
+        assert "Traceback" not in result.stderr
 
 
 def test_render_checks_its_device_and_numbers_before_loading_anything(tmp_path):

@@ -81,20 +81,24 @@ def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line_and_the_first_
             break
     second = run_train("--data", str(cube), "--out", str(tmp_path), "--iters", "2",
                        "--overwrite", *TINY_FLAGS)
-    assert second.returncode == 1 and second.stderr.count("\n") == 1
+    assert second.returncode == 1
+    assert second.stderr.count("\n") == 1
     assert (f"{tmp_path}: in use by process {first.pid} (a run, a render or an ablation)"
             in second.stderr)
     stdout, stderr = first.communicate(timeout=120)
-    assert first.returncode == 0 and stderr == "" and "done: step 300" in stdout
-    assert (torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 300
-            and not (tmp_path / "run.lock").exists())
+    assert first.returncode == 0
+    assert stderr == ""
+    assert "done: step 300" in stdout
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 300
+    assert not (tmp_path / "run.lock").exists()
 
 
 def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(cube, tmp_path):
     # a run killed mid-way left it
     (tmp_path / "run.lock").write_text(f"{ended_process()} \n")
     quick_run(cube, "--out", str(tmp_path))
-    assert (tmp_path / "ckpt.pt").exists() and not (tmp_path / "run.lock").exists()
+    assert (tmp_path / "ckpt.pt").exists()
+    assert not (tmp_path / "run.lock").exists()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         # Linux: the id reused by another process
@@ -124,8 +128,8 @@ def test_render_from_another_working_directory_and_after_the_data_moved_or_went(
     quick_run("cube", "--out", "runs/cube")
     monkeypatch.chdir(tmp_path)
     report = render.main(["--run", str(project / "runs" / "cube"), "--frames", "2"])
-    assert (report["data"] == str(project / "cube")
-            and (project / "runs" / "cube" / "render" / "metrics.json").exists())
+    assert report["data"] == str(project / "cube")
+    assert (project / "runs" / "cube" / "render" / "metrics.json").exists()
     moved = tmp_path / "moved"
     # the run and its data moved together
     project.rename(moved)
@@ -137,8 +141,8 @@ def test_render_from_another_working_directory_and_after_the_data_moved_or_went(
     capsys.readouterr()
     report = render.main(["--run", str(moved / "runs" / "cube"), "--frames", "2",
                           "--out", str(tmp_path / "r2")])
-    assert (report["data"] is None
-            and iio.imread(tmp_path / "r2" / "orbit.gif").shape == (2, 16, 32, 3))
+    assert report["data"] is None
+    assert iio.imread(tmp_path / "r2" / "orbit.gif").shape == (2, 16, 32, 3)
     assert not (tmp_path / "r2" / "metrics.json").exists()
     assert "the data folder is gone: wrote" in capsys.readouterr().out
 
@@ -153,7 +157,8 @@ def test_render_from_another_working_directory_and_after_the_data_moved_or_went(
 ])
 def test_render_numbers_are_checked_in_one_line(tmp_path, flags, message):
     result = run_render("--ckpt", str(tmp_path / "missing.pt"), *flags)
-    assert result.returncode == 1 and result.stderr == f"error: {message}\n"
+    assert result.returncode == 1
+    assert result.stderr == f"error: {message}\n"
 
 
 @pytest.mark.parametrize("flag, message", [

@@ -15,14 +15,16 @@ import deepvoxels as dv
 from scenes import evaluation, grid, layouts, runs, views
 from tools import viewer
 
-from conftest import ROOT, SMALL, TINY, TINY_FLAGS, export_nerf_synthetic, export_colmap, tiny_checkpoints
+from conftest import (ROOT, SMALL, TINY, TINY_FLAGS, export_nerf_synthetic, export_colmap,
+                      tiny_checkpoints)
 
 
 # ── Viewer and architecture figure ──────────────────────────────────────────────────────────
 
 
 def send(figure, name: str, ax, u: float, v: float, button: int = 1):
-    """A synthetic mouse event at image coordinates (u, v) of axes `ax`, through the figure's callbacks."""
+    """A synthetic mouse event at image coordinates (u, v) of axes `ax`, through the figure's
+    callbacks."""
     from matplotlib.backend_bases import MouseEvent
 
     x, y = ax.transData.transform((u, v))
@@ -43,7 +45,8 @@ def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_pat
     figure.canvas.draw()
 
     def expected(kind: str, azimuth: float, elevation: float) -> dict:
-        """The model's render from a camera placed by hand: 2.5 units from the origin, world z up."""
+        """The model's render from a camera placed by hand: 2.5 units from the origin, world z
+        up."""
         a, e = np.radians(azimuth), np.radians(elevation)
         eye = 2.5 * np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
         with torch.no_grad():
@@ -61,8 +64,8 @@ def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_pat
     send(figure, "button_press_event", window.ax_rgb, 8.0, 8.0)
     send(figure, "motion_notify_event", window.ax_rgb, u1, v1)
     send(figure, "button_release_event", window.ax_rgb, u1, v1)
-    assert ((window.azimuth, window.elevation) == pytest.approx((-20.0, 10.0), abs=1e-6)
-            and window.pixel is None)
+    assert (window.azimuth, window.elevation) == pytest.approx((-20.0, 10.0), abs=1e-6)
+    assert window.pixel is None
     after_drag = expected("softmax", -20, 10)
     assert np.allclose(shown(), after_drag["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(),
                        atol=1e-5)
@@ -70,8 +73,8 @@ def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_pat
     # its weights against the plane depths
     send(figure, "button_press_event", window.ax_depth, 11.5, 5.5)
     send(figure, "button_release_event", window.ax_depth, 11.6, 5.4)
-    assert (window.pixel == (5, 11)
-            and (window.azimuth, window.elevation) == pytest.approx((-20.0, 10.0)))
+    assert window.pixel == (5, 11)
+    assert (window.azimuth, window.elevation) == pytest.approx((-20.0, 10.0))
     (line,) = window.ax_ray.lines[:1]
     near, far = dv.view_depth_range(window.pose, models["softmax"].cfg)
     assert np.allclose(line.get_xdata(), np.linspace(near.item(), far.item(), 8), atol=1e-5)
@@ -80,7 +83,8 @@ def test_viewer_orbits_on_drag_plots_the_clicked_ray_and_switches_models(tmp_pat
     # t: the naive model from the same camera, which has no weights to plot
     figure.canvas.callbacks.process("key_press_event",
                                     KeyEvent("key_press_event", figure.canvas, "t"))
-    assert window.kind == "naive" and not window.ax_ray.lines
+    assert window.kind == "naive"
+    assert not window.ax_ray.lines
     assert np.allclose(shown(),
                        expected("naive", -20, 10)["rgb"][0].clamp(0, 1).permute(1, 2, 0).numpy(),
                        atol=1e-5)
@@ -105,7 +109,8 @@ def test_architecture_figure_shows_the_forward_pass_shapes_and_is_current(tmp_pa
     stored = json.loads(iio.immeta(ROOT / "assets" / "architecture.png")["Description"])
     current = viewer.architecture(dv.DeepVoxels(dv.Config()))
     assert stored == current, (
-        "assets/architecture.png is out of date: redraw it with  python -m tools.viewer --architecture")
+        "assets/architecture.png is out of date: redraw it with "
+        " python -m tools.viewer --architecture")
 
 
 # ── Ablation ────────────────────────────────────────────────────────────────────────────────
@@ -122,12 +127,13 @@ def test_ablation_holdout_half_trains_on_one_azimuth_half_and_holds_out_far_view
     eyes = every[:, :3, 3]
     # azimuth in [0, 180): y >= 0 (grid centre 0)
     y_positive = eyes[:, 1] >= 0
-    assert len(train_views.names) == y_positive.sum() and (train_views.poses[:, 1, 3] >= 0).all()
+    assert len(train_views.names) == y_positive.sum()
+    assert (train_views.poses[:, 1, 3] >= 0).all()
     directions = every[:, :3, 2]
     angles = np.degrees(np.arccos(np.clip(directions @ directions[y_positive].T, -1, 1))).min(1)
     assert len(held_out.names) == (~y_positive & (angles >= 20)).sum() > 0
-    assert ((held_out.poses[:, 1, 3] < 0).all()
-            and (ablation.angle_to_training(train_views, held_out) >= 20 - 1e-3).all())
+    assert (held_out.poses[:, 1, 3] < 0).all()
+    assert (ablation.angle_to_training(train_views, held_out) >= 20 - 1e-3).all()
     # written at 32 px as read
     k, name = next((k, n) for k, n in enumerate(train_views.names) if n.startswith("train"))
     assert torch.equal(train_views.images[k],
@@ -143,7 +149,8 @@ def test_ablation_hold_outs_write_the_grid_flags_and_one_focal_length(cube, tmp_
     scene = ablation.split_sparse(cube, tmp_path / "sparse", 3, sizes, ((0.1, 0.0, 0.0), 2.0))
     lines = (scene / "train" / "intrinsics.txt").read_text().splitlines()
     # --grid_center and --grid_scale reach the written split
-    assert lines[1].split() == ["0.1", "0.0", "0.0"] and float(lines[3]) == 2.0
+    assert lines[1].split() == ["0.1", "0.0", "0.0"]
+    assert float(lines[3]) == 2.0
     views = {"train": [("train", layouts.load_split(cube, "train", 32), 0)]}
     cfg = grid.scene_config(views["train"][0][1], sizes)
     written = ablation.write_views(tmp_path / "near", views,
@@ -159,9 +166,11 @@ def test_ablation_holdout_sparse_keeps_views_far_apart_and_the_whole_test_split(
 
     scene = ablation.split_sparse(cube, tmp_path / "sparse", 5, asdict(replace(TINY, img_size=32)))
     kept, every = layouts.load_split(scene, "train", 32), layouts.load_split(cube, "train", 32)
-    assert len(kept.names) == 5 and all(name.startswith("train") for name in kept.names)
+    assert len(kept.names) == 5
+    assert all(name.startswith("train") for name in kept.names)
     order = [int(name[5:11]) for name in kept.names]
-    assert order[0] == 0 and torch.equal(kept.images, every.images[order])
+    assert order[0] == 0
+    assert torch.equal(kept.images, every.images[order])
     angle = lambda a, b: np.degrees(
         np.arccos(np.clip(float(every.poses[a, :3, 2] @ every.poses[b, :3, 2]), -1, 1)))
     # the greedy rule, by hand: each next view is the one farthest from its closest chosen view
@@ -171,8 +180,8 @@ def test_ablation_holdout_sparse_keeps_views_far_apart_and_the_whole_test_split(
                           key=lambda v: min(angle(v, c) for c in chosen)))
     assert sorted(chosen) == order
     test, original = layouts.load_split(scene, "test", 32), layouts.load_split(cube, "test", 32)
-    assert (torch.equal(test.images, original.images)
-            and torch.allclose(test.poses, original.poses, atol=1e-6))
+    assert torch.equal(test.images, original.images)
+    assert torch.allclose(test.poses, original.poses, atol=1e-6)
     shutil.copytree(cube / "train", tmp_path / "no_test" / "train")
     with pytest.raises(
             dv.DataError,
@@ -207,8 +216,9 @@ def test_ablation_runs_both_models_and_logs_the_training_views_psnr_beside_the_h
                    "--eval_every", "1e-9", "--precision", "fp32", *TINY_FLAGS])
     table = [line for line in capsys.readouterr().out.splitlines()
              if line.startswith(("| softmax", "| naive"))]
-    assert (len(table) == 2 and (tmp_path / "ablation.png").exists()
-            and (tmp_path / "ablation-curves.png").exists())
+    assert len(table) == 2
+    assert (tmp_path / "ablation.png").exists()
+    assert (tmp_path / "ablation-curves.png").exists()
     train_views = layouts.load_split(cube, "train", 16)
     # the 8 views train.py scores
     watched = torch.linspace(0, len(train_views.names) - 1, 8).round().long()
@@ -219,4 +229,5 @@ def test_ablation_runs_both_models_and_logs_the_training_views_psnr_beside_the_h
             # the saved step, scored again
             rgb = model.eval().render(train_views.poses[watched])["rgb"]
         assert (state["history"][-1]["train_psnr"]
-                == pytest.approx(evaluation.psnr(rgb, train_views.images[watched]).mean().item(), abs=2e-3))
+                == pytest.approx(evaluation.psnr(rgb, train_views.images[watched]).mean().item(),
+                                 abs=2e-3))

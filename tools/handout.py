@@ -1,4 +1,5 @@
-"""Write the students' version of the tutorial:  python -m tools.handout  (writes tutorial-handout.ipynb)
+"""Write the students' version of the tutorial:  python -m tools.handout
+(writes tutorial-handout.ipynb)
 
 In tutorial.ipynb each exercise's answer cell sets the answer to None with a `# TODO` comment, then
 holds the solution between a `### BEGIN SOLUTION` and a `### END SOLUTION` line. The handout drops

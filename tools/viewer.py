@@ -1,12 +1,11 @@
 """The interactive viewer and the architecture figure (matplotlib only):
 
-  python -m tools.viewer --run runs/cube    drag to orbit the camera (RGB and learned depth side by
-                                      side), click a pixel to plot the visibility weights along
-                                      its ray against depth, press t to switch between the
-                                      softmax and the naive model of an ablation run
-                                      (--run runs/ablation-<scene>); no --run: the newest run
-  python -m tools.viewer --architecture     redraw assets/architecture.png from a forward pass of the
-                                      default model
+  python -m tools.viewer --run runs/cube
+      drag to orbit the camera (RGB and learned depth side by side), click a pixel to plot the
+      visibility weights along its ray against depth, press t to switch between the softmax and
+      the naive model of an ablation run (--run runs/ablation-<scene>); no --run: the newest run
+  python -m tools.viewer --architecture
+      redraw assets/architecture.png from a forward pass of the default model
 """
 
 from __future__ import annotations
