@@ -27,7 +27,7 @@ import torch
 import deepvoxels as dv
 from scenes import dataset, evaluation, figures, runs, settings, views
 from scenes.files import check_number, to_uint8
-from scenes.layouts import read_pose_folder
+from scenes.layouts import Scene, read_pose_folder
 
 VIDEO_FPS = 12   # playback speed of the orbit: 36 frames make a 3-second turn
 SHEET_VIEWS = 4  # test views on sheet.png, spread over the test split
@@ -84,22 +84,26 @@ def main(argv=None) -> dict:
     if args.data and not data.is_dir():
         raise dv.DataError(f"{data}: no such data folder")
     path = read_pose_folder(Path(args.poses)) if args.poses else None
+    precision = dv.resolve_precision(args.device, args.precision)  # what auto chose, for the log
+    print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; "
+          f"{data or 'no data folder'} at {model.cfg.img_size}px; device {args.device}, "
+          f"{precision}")
+    scene = (dataset.open_scene(data, settings.sizes_of(model.cfg), model.cfg.grid_center,
+                                model.cfg.grid_scale)[:2] if data else None)  # before any output
     out = Path(args.out or ckpt.parent / "render")
     video = "path" if args.poses else "orbit"
     with runs.claimed(out), dv.flushed_denormals():  # one command at a time writes there
         runs.check_writable(out, "metrics.json", "sheet.png", f"{video}.gif", f"{video}.mp4")
-        return render_run(model, state, ckpt, data, path, out, args)
+        return render_run(model, state, ckpt, data, scene, path, out, args)
 
 
 def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
-               path: torch.Tensor | None, out: Path, args: argparse.Namespace) -> dict:
-    """The three outputs of main into `out`; `path`: --poses or None for the orbit; `data`: None
-    when it is gone."""
+               scene: tuple[Scene, Scene | None] | None, path: torch.Tensor | None, out: Path,
+               args: argparse.Namespace) -> dict:
+    """The three outputs of main into `out`; `scene`: the training and held-out views of the
+    folder `data`, or None when it is gone; `path`: --poses or None for the orbit."""
     cfg, size = model.cfg, args.size or model.cfg.img_size
-    # what auto chose, for the log and metrics.json
     precision = dv.resolve_precision(args.device, args.precision)
-    print(f"{ckpt}: step {state['step']}, {state['seconds'] / 60:.1f} min of training; "
-          f"{data or 'no data folder'} at {cfg.img_size}px; device {args.device}, {precision}")
 
     # 1. The orbit (or --poses), RGB | depth per frame.
     if path is None:
@@ -111,15 +115,14 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
     frames = torch.cat([figures.resize(rgb, size),
                         figures.depth_images(depth, len(rgb), size, depth_range)], dim=3)
     videos = write_video(out / ("path" if args.poses else "orbit"), to_uint8(frames))
-    if data is None:
+    if scene is None:
         print(f"{state['scene']['data']['absolute']}: the data folder is gone: wrote "
               f"{', '.join(map(str, videos))} only (the metrics and sheet.png need --data)")
         return {"checkpoint": str(ckpt), "step": state["step"], "data": None,
                 "videos": [str(v) for v in videos]}
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
-    train, test, _ = dataset.open_scene(data, settings.sizes_of(cfg), cfg.grid_center,
-                                        cfg.grid_scale)
+    train, test = scene
     split, test = ("train", train) if test is None else ("test", test)
     pred, pred_depth, test_seconds = evaluation.render_views(model, test.poses, args.device,
                                                           args.precision)

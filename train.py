@@ -307,8 +307,8 @@ class Log:
         ms = 1000 * (now - self.time) / max(state.step - self.step_at, 1)
         left = max(0.0, min(self.budget - state.seconds, (run.iters - state.step) * ms / 1000))
         new = len(state.history) != self.evaluations
-        psnr = f"{self.score.split} PSNR {last_psnr(state)}" if new else " " * 19
-        print(f"step {state.step:6d} | loss {loss:.4f} | {psnr} | {ms:5.0f} ms/step | grid max "
+        psnr = f"{self.score.split} PSNR {last_psnr(state)}" if new else ""
+        print(f"step {state.step:6d} | loss {loss:.4f} | {psnr:19} | {ms:5.0f} ms/step | grid max "
               f"{state.model.grid.abs().max().item():#.3g} | {left / 60:4.1f} min left",
               flush=True)
         self.time, self.step_at, self.evaluations = now, state.step, len(state.history)

@@ -1,6 +1,6 @@
 """What the scripts draw: the set-up (cameras.png: the cameras around the grid, and the grid box
-over a training view), depth maps in colour, the preview. matplotlib is imported only when a figure is
-drawn, and without pyplot: no global backend, safe in a notebook.
+over a training view), depth maps in colour, the preview. matplotlib is imported only when a
+figure is drawn, and without pyplot: no global backend, safe in a notebook.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def read_text(path: Path) -> str:
 
 
 def read_intrinsics(path: Path) -> Intrinsics:
-    """Parse an intrinsics.txt (format in scenes.py's docstring), or the 3x3 / 4x4 matrix K that
+    """Parse an intrinsics.txt (format in this module's docstring), or the 3x3 / 4x4 matrix K that
     NSVF also writes there."""
     lines = [line.split() for line in read_text(path).splitlines() if line.strip()]
     try:

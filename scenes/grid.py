@@ -1,11 +1,14 @@
 """Where the voxel grid goes, and the object against the frame and the grid, measured on the
 training images before training: the grid's placement (flags, files, else the cameras), whether it
-encloses the object (`grid_warning`), and the feature maps' size the object's footprint asks for
+encloses the object (`measure_grid`; `fit_grid` refits a side the images contradict, `grid_warning`
+says what it cannot fix), and the feature maps' size the object's footprint asks for
 (`feature_size`). The object's pixels are those that differ from a plain background; views without
 one (most photographs) are not measured.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -133,22 +136,30 @@ def grid_box_mask(scene: Scene, center, side: float) -> torch.Tensor:
     return (t_far > t_near.clamp(min=0)).reshape(V, H, W)
 
 
-def grid_warning(scene: Scene, cfg: Config) -> str | None:
-    """Check the grid against the training images before training: one warning line, or None if it
-    fits.
+@dataclass
+class GridFit:
+    """How the grid holds the object in the training views (measure_grid)."""
 
-    The object's pixels are those of object_mask (views without a plain background are not
-    checked); the grid box's projection is grown by a pixel for antialiasing. The grid cuts the
-    object when more than 1% of the object's pixels, over all views, lie outside it: a few stray
-    pixels in a few views (shadows, resampling, a box that touches the object) are not worth a
-    coarser grid. The smallest box (from 1/8 to 4 times the side, in 2% steps) that holds 99.9% of
-    the object's pixels is the suggestion; one of half the side or less warns too (most voxels
-    empty).
+    lost: float               # share of the object's pixels outside the grid's box
+    views: str                # "k of V training views": those that lose more than 1 % of theirs
+    enclosing: float | None   # smallest factor of the side whose box holds 99.9 % (None: not 4x)
+
+    def suggested_side(self, side: float) -> float:
+        """The side that encloses the object with a 10 % margin, to 3 digits (as printed)."""
+        return float(f"{1.1 * side * self.enclosing:.3g}")
+
+
+def measure_grid(scene: Scene, cfg: Config) -> GridFit | None:
+    """Measure the grid against the training images: None where no view shows an object on a
+    plain background.
+
+    The object's pixels are those of object_mask; the grid box's projection is grown by a pixel
+    for antialiasing. The smallest box (from 1/8 to 4 times the side, in 2% steps, around the same
+    centre) that holds 99.9% of the object's pixels is `enclosing`.
     """
     object_pixels, uniform = object_mask(scene)                              # (V, H, W), (V,)
     if not object_pixels.any():
-        return None if uniform.any() else \
-            "note: grid not checked against the images: no training view has a plain background"
+        return None
 
     def outside(factor: float) -> torch.Tensor:
         """(V,) object pixels of each view outside the box of `factor` times the grid's side."""
@@ -163,22 +174,59 @@ def grid_warning(scene: Scene, cfg: Config) -> str | None:
         mid = (low + high) // 2                                   # around its centre
         low, high = ((low, mid) if outside(factors[mid]).sum().item() <= 0.001 * total
                      else (mid + 1, high))
-    enclosing = factors[low] if low < len(factors) else None
     lost = outside(1.0)
-    where = f"the grid (side {cfg.grid_scale:.3g}, centre {rounded(cfg.grid_center)})"
     views = (f"{int((lost > 0.01 * object_pixels.flatten(1).sum(1)).sum())} "
              f"of {int(uniform.sum())} training views")
-    if lost.sum().item() > 0.01 * total:
-        share = f"{100 * lost.sum().item() / total:.0f}% of its pixels, in {views}"
-        if enclosing is None:
+    return GridFit(lost.sum().item() / total, views,
+                   factors[low] if low < len(factors) else None)
+
+
+def grid_warning(scene: Scene, cfg: Config) -> str | None:
+    """Check the grid against the training images before training: one warning line, or None if it
+    fits. The grid cuts the object when more than 1% of the object's pixels, over all views, lie
+    outside it: a few stray pixels in a few views (shadows, resampling, a box that touches the
+    object) are not worth a coarser grid. A box of half the side or less that holds the object
+    warns too (most voxels empty)."""
+    fit = measure_grid(scene, cfg)
+    if fit is None:
+        return None if object_mask(scene)[1].any() else \
+            "note: grid not checked against the images: no training view has a plain background"
+    where = f"the grid (side {cfg.grid_scale:.3g}, centre {rounded(cfg.grid_center)})"
+    if fit.lost > 0.01:
+        share = f"{100 * fit.lost:.0f}% of its pixels, in {fit.views}"
+        if fit.enclosing is None:
             return (f"warning: the object leaves {where}: {share}, even at 4x the side: "
                     f"check --grid_center and the camera convention (cameras.png)")
         return (f"warning: the object leaves {where}: {share}; "
-                f"--grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} "
+                f"--grid_scale {fit.suggested_side(cfg.grid_scale):.3g} "
                 f"would enclose it with a 10% margin (see cameras.png)")
-    if enclosing is not None and enclosing <= 0.5:
-        return (f"warning: {where} is {1 / enclosing:.1f}x larger than the object needs in the "
-                f"training views, so the object gets few voxels; "
-                f"--grid_scale {1.1 * cfg.grid_scale * enclosing:.3g} "
+    if fit.enclosing is not None and fit.enclosing <= 0.5:
+        return (f"warning: {where} is {1 / fit.enclosing:.1f}x larger than the object needs in "
+                f"the training views, so the object gets few voxels; "
+                f"--grid_scale {fit.suggested_side(cfg.grid_scale):.3g} "
                 f"would enclose it with a 10% margin")
     return None
+
+
+def fit_grid(scene: Scene, cfg: Config, placed_by: str) -> tuple[Config, str | None]:
+    """The grid to train with, and the line that says what was done to it, or None.
+
+    Where the images contradict the grid's side, they win over a side that was only estimated
+    from the cameras (`placed_by` "cameras") or read from the data's files ("the data"): a grid
+    the object leaves is grown to enclose it, and an estimated grid twice or more too large
+    shrinks. A side given by --grid_scale ("the flag") is the user's word: only grid_warning's
+    line. So is any grid the check cannot measure or cannot fit around the object's centre.
+    """
+    fit = measure_grid(scene, cfg) if placed_by != "the flag" else None
+    grows = fit is not None and fit.enclosing is not None and fit.lost > 0.01
+    shrinks = (fit is not None and fit.enclosing is not None and fit.enclosing <= 0.5
+               and placed_by == "cameras")
+    if not (grows or shrinks):
+        return cfg, grid_warning(scene, cfg)
+    side = fit.suggested_side(cfg.grid_scale)
+    why = (f"the object leaves it ({100 * fit.lost:.0f}% of its pixels, in {fit.views})" if grows
+           else f"it is {1 / fit.enclosing:.1f}x larger than the object")
+    return replace(cfg, grid_scale=side), (
+        f"grid fitted to the object: side {side:.3g} (10% margin) instead of the "
+        f"{cfg.grid_scale:.3g} {placed_by} gave, as {why}; --grid_scale {cfg.grid_scale:.3g} "
+        f"keeps that side")

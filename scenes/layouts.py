@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -40,6 +40,8 @@ class Scene:
     intrinsics: Intrinsics
     names: list[str]
     source_size: tuple[int, int] | None = None  # (H, W) of the image files, before crop and resize
+    paths: list[Path] = field(default_factory=list)  # the image files, where the views came from
+    notes: list[str] = field(default_factory=list)   # what the reader has to say (describe logs it)
 
 
 def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrinsics,
@@ -76,7 +78,29 @@ def square_scene(image_paths: list[Path], poses: list[np.ndarray], intr: Intrins
                    size=(img_size, img_size))
     names = [p.stem for p in image_paths]
     return Scene(torch.cat(squares).clamp(0, 1).contiguous(),
-                 torch.from_numpy(np.stack(poses)).float(), intr, names, (h0, w0))
+                 torch.from_numpy(np.stack(poses)).float(), intr, names, (h0, w0),
+                 list(image_paths))
+
+
+def read_once(source: Path,
+              views: list[tuple[str, Path, np.ndarray]]) -> tuple[list[int], list[str]]:
+    """Which of `views` (where `source` names each, e.g. "line 4"; its image; its pose) to read,
+    and the note to log: an image named twice (the same file: r_0 and r_0.png, a.png and ./a.png)
+    with the same pose is read once; with another pose it is one DataError line naming both."""
+    first: dict[Path, int] = {}
+    keep, repeats = [], []
+    for k, (where, image, pose) in enumerate(views):
+        j = first.setdefault(image.resolve(), k)
+        if j == k:
+            keep.append(k)
+        elif np.abs(pose - views[j][2]).max() > 1e-6:
+            raise DataError(f"{source}: {views[j][0]} and {where} name the same image {image} "
+                            f"with different poses; one image is one view: remove one of them")
+        else:
+            repeats.append(f"{views[j][0]} and {where}")
+    said = "; ".join(repeats[:3]) + ("; ..." if len(repeats) > 3 else "")
+    return keep, [f"{source}: {len(repeats)} image(s) named again with the same pose ({said}): "
+                  f"each read once"] if repeats else []
 
 
 def read_poses(files: list[Path], world2cam: bool = False) -> np.ndarray:
@@ -106,8 +130,14 @@ def load_split(root: str | Path, split: str, img_size: int, prefix: str = "") ->
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder "
                         f"(expected {split}/rgb, {split}/pose, {split}/intrinsics.txt)")
-    rgb_files = {p.stem: p for p in sorted((folder / "rgb").glob(prefix + "*"))
-                 if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
+    rgb_files: dict[str, Path] = {}
+    for image in sorted((folder / "rgb").glob(prefix + "*")):
+        if image.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        if (other := rgb_files.setdefault(image.stem, image)) != image:   # a.jpg and a.png
+            raise DataError(f"{other}: this image and {image.name} would both pair with the "
+                            f"pose file {folder / 'pose' / (image.stem + '.txt')} (a view is "
+                            f"named by its file name without the extension): keep one image")
     pose_files = {p.stem: p for p in sorted((folder / "pose").glob(prefix + "*.txt"))}
     if not rgb_files:
         raise DataError(f"{folder / 'rgb'}: no images found (PNG or JPEG)"
@@ -233,6 +263,9 @@ def load_transforms(path: Path, img_size: int) -> Scene:
         raise DataError(f"{path}: {where}malformed entry ({e})") from None
     if not paths:
         raise DataError(f"{path}: no frames")
+    keep, notes = read_once(path, [(f"frame {k}", image, pose)
+                                   for k, (image, pose) in enumerate(zip(paths, poses))])
+    paths, poses = [paths[k] for k in keep], [poses[k] for k in keep]
     if len(cameras) > 1:
         raise DataError(f"{path}: frames have {len(cameras)} different intrinsics; "
                         f"DeepVoxels uses one camera for all views")
@@ -244,7 +277,7 @@ def load_transforms(path: Path, img_size: int) -> Scene:
     else:
         fx, fy, cx, cy, size = camera
         intr = Intrinsics(fx, cx, cy, size=size, focal_y=fy)
-    return square_scene(paths, poses, intr, path, img_size)
+    return replace(square_scene(paths, poses, intr, path, img_size), notes=notes)
 
 
 def hold_out(scene: Scene, source: Path, every: int = 8) -> tuple[Scene, Scene]:
@@ -256,8 +289,9 @@ def hold_out(scene: Scene, source: Path, every: int = 8) -> tuple[Scene, Scene]:
 
     def pick(keep: torch.Tensor) -> Scene:
         return Scene(scene.images[keep], scene.poses[keep], scene.intrinsics,
-                     [n for n, k in zip(scene.names, keep) if k], scene.source_size)
-    return pick(~held), pick(held)
+                     [n for n, k in zip(scene.names, keep) if k], scene.source_size,
+                     [p for p, k in zip(scene.paths, keep) if k])
+    return replace(pick(~held), notes=scene.notes), pick(held)
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -275,9 +309,9 @@ def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
 def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
     """COLMAP's text model: cameras.txt ("CAMERA_ID MODEL WIDTH HEIGHT PARAMS", pinhole models
     only) and images.txt (per image "IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME", then a line of
-    2D points), the photos in `images`. Quaternion and translation are world-to-camera in OpenCV
-    axes, x_cam = R x_world + t, so the camera-to-world pose is [R^T | -R^T t]. Views in name
-    order."""
+    2D points, as COLMAP writes it, or not: next_line_kind tells which), the photos in `images`.
+    Quaternion and translation are world-to-camera in OpenCV axes, x_cam = R x_world + t, so the
+    camera-to-world pose is [R^T | -R^T t]. Views in name order; an image named twice, read_once."""
     cameras = {}
     for n, line in enumerate(read_text(model / "cameras.txt").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -300,13 +334,14 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
                 int(check_number(where, "WIDTH", w, (">=", 1))))
         cameras[fields[0]] = check_intrinsics(where, Intrinsics(fx, cx, cy, size=size, focal_y=fy))
     path = model / "images.txt"
-    lines = iter([(n, line) for n, line in enumerate(read_text(path).splitlines(), 1)
-                  if not line.startswith("#")])
-    views = {}
-    for n, line in lines:
+    rows = [(n, line) for n, line in enumerate(read_text(path).splitlines(), 1)
+            if not line.startswith("#")]
+    views, alone, k = [], 0, 0
+    while k < len(rows):
+        n, line = rows[k]
+        k += 1
         if not line.strip():
             continue
-        next(lines, None)                                                  # the image's 2D points
         fields = line.split(maxsplit=9)
         try:
             q, t = np.array(fields[1:5], dtype=np.float64), np.array(fields[5:8], dtype=np.float64)
@@ -325,16 +360,51 @@ def load_colmap(model: Path, images: Path, img_size: int) -> Scene:
         R = quaternion_to_rotation(q / np.linalg.norm(q))                  # world-to-camera
         pose = np.eye(4)
         pose[:3, :3], pose[:3, 3] = R.T, -R.T @ t
-        views[name] = (images / name, check_pose(f"{path}: line {n}", pose), camera)
+        views.append((f"line {n}", images / name, check_pose(f"{path}: line {n}", pose), camera))
+        after = next_line_kind(path, rows[k], n, cameras) if k < len(rows) else "end"
+        k += after == "points"                 # its 2D points, unless the next image follows
+        alone += after == "image"
     if not views:
         raise DataError(f"{path}: no images")
-    names = sorted(views)
-    if any(views[n][2] != views[names[0]][2] for n in names):
+    if any(camera != views[0][3] for *_, camera in views):
         raise DataError(f"{model / 'cameras.txt'}: the images use cameras with different "
                         f"intrinsics; DeepVoxels uses one "
                         f"(colmap feature_extractor --ImageReader.single_camera 1)")
-    return square_scene([views[n][0] for n in names], [views[n][1] for n in names],
-                        views[names[0]][2], model / "cameras.txt", img_size)
+    keep, notes = read_once(path, [view[:3] for view in views])
+    if alone:                                  # the last image too, where no line follows it
+        alone += after == "end"
+        notes.insert(0, f"{path}: {alone} of {len(views)} images have no 2D-points line after "
+                        f"them (one line per image): read all {len(views)}")
+    views = sorted((views[k] for k in keep), key=lambda view: str(view[1]))   # in name order
+    return replace(square_scene([view[1] for view in views], [view[2] for view in views],
+                                views[0][3], model / "cameras.txt", img_size), notes=notes)
+
+
+def next_line_kind(path: Path, row: tuple[int, str], image_line: int, cameras: dict) -> str:
+    """What the line after an image line of images.txt is: "points", the image's 2D points (X Y
+    POINT3D_ID, repeated; empty for none), as COLMAP writes them, or "image", the next image's
+    line, where a file holds one line per image. A line that is neither, or could be both, is
+    one DataError line."""
+    n, line = row
+    fields, parts = line.split(), line.split(maxsplit=9)
+
+    def numbers(values: list[str], kind: type) -> bool:
+        try:
+            return all(kind(v) is not None for v in values)
+        except ValueError:
+            return False
+    points = len(fields) % 3 == 0 and numbers(fields, float) and numbers(fields[2::3], int)
+    image = (len(parts) == 10 and numbers(parts[:1], int) and numbers(parts[1:8], float)
+             and parts[8] in cameras)
+    if points and image:
+        raise DataError(f"{path}: line {n}: reads as the 2D points of the image on line "
+                        f"{image_line} and as an image line: give that image its 2D-points line "
+                        f"(empty if it has none)")
+    if not (points or image):
+        raise DataError(f"{path}: line {n}: after the image on line {image_line}, expected its 2D "
+                        f"points (X Y POINT3D_ID ...) or the next image (IMAGE_ID QW QX QY QZ TX "
+                        f"TY TZ CAMERA_ID NAME)")
+    return "points" if points else "image"
 
 
 # ─────────────────────────────────────────────────────────────────────────────────────────────

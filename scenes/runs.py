@@ -102,6 +102,8 @@ def try_lock(folder: Path) -> int | None:
     me = f"{os.getpid()} {process_start(os.getpid())}"
     if folder.exists() and not folder.is_dir():   # mkdir would say "exists", like a lock
         raise DataError(f"{folder}: is a file, not a folder: choose another --out")
+    if (folder / LOCK).is_dir():                  # it would read as a lock that cannot be cleared
+        raise DataError(f"{folder / LOCK}: is a folder, not a lock file: delete it")
     for _ in range(2):                # the second try after clearing a stale lock
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,12 @@ def claimed(folder: Path, new: bool = False):
         if new and holds_run(candidate):
             continue
         made = [d for d in (candidate, *candidate.parents) if not d.exists()]  # innermost first
-        if (holder := try_lock(candidate)) is None:
+        try:
+            holder = try_lock(candidate)
+        except DataError:                                # e.g. a name too long, after its parents
+            remove_empty(made)
+            raise
+        if holder is None:
             break
         if not new:
             raise in_use(folder, holder)
@@ -153,9 +160,14 @@ def claimed(folder: Path, new: bool = False):
         with contextlib.suppress(OSError, ValueError):   # only our own lock is removed
             if int((candidate / LOCK).read_text().split()[0]) == os.getpid():
                 (candidate / LOCK).unlink()
-        for made_here in made:     # a command refused before it wrote anything leaves no folder
-            with contextlib.suppress(OSError):           # (not empty: kept)
-                made_here.rmdir()
+        remove_empty(made)         # a command refused before it wrote anything leaves no folder
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of `folders` (innermost first) that is empty; the others are kept."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def train_folder(data: str, out: str, reuse: bool,

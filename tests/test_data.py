@@ -19,7 +19,9 @@ import deepvoxels as dv
 import train
 from scenes import dataset, evaluation, figures, files, grid, layouts, synthetic, views
 
-from conftest import TINY, TINY_FLAGS, camera, write_scene, nearest_directions, rotation_to_quaternion, export_nerf_synthetic, export_transforms_json, export_colmap, export_nsvf, write_layout, edit, run_train
+from conftest import (TINY, TINY_FLAGS, camera, write_scene, nearest_directions,
+                      rotation_to_quaternion, export_nerf_synthetic, export_transforms_json,
+                      export_colmap, export_nsvf, write_layout, edit, run_train)
 
 
 # ── Scenes and bad input: layouts, door checks, grid, views, synthetic scenes, fuzz ─────────
@@ -223,7 +225,8 @@ def test_loader_refuses_bad_input_with_one_clear_line(tmp_path, breakage, messag
 # imageio's legacy plugins, tried on the broken PNG
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("breakage, message", [
-    (lambda r: (r / "train" / "pose" / "000001.txt").write_text("1 0 0 0 0 1 0 0 0 0 1 nan 0 0 0 1"),
+    (lambda r: (r / "train" / "pose" / "000001.txt").write_text(
+        "1 0 0 0 0 1 0 0 0 0 1 nan 0 0 0 1"),
      "000001.txt: pose must be a 4x4 matrix of finite numbers"),
     (lambda r: (r / "train" / "intrinsics.txt").write_text("0 8 8\n0 0 0\n0\n1.25\n16 16\n"),
      "intrinsics.txt: the focal length fx must be a finite number > 0, got 0.0"),
@@ -340,11 +343,13 @@ def test_held_out_views_with_another_camera_are_refused(cube, tmp_path):
      "the scale (line 4; 0: estimate it) must be a finite number >= 0, got -1"),
     ("nsvf", lambda r: (r / "bbox.txt").write_text("-1e308 -1e308 -1e308 1e308 1e308 1e308\n"),
      "bbox.txt: the box's longest side (max - min) must be a finite number > 0, got inf"),
-    ("nsvf", lambda r: (r / "intrinsics.txt").write_text("inf 0 16 0\n0 40 16 0\n0 0 1 0\n0 0 0 1\n"),
+    ("nsvf", lambda r: (r / "intrinsics.txt").write_text(
+        "inf 0 16 0\n0 40 16 0\n0 0 1 0\n0 0 0 1\n"),
      "intrinsics.txt: the focal length fx must be a finite number > 0, got inf"),
     ("nerf", lambda r: edit(r / "transforms_train.json",
                             '"camera_angle_x": ', '"camera_angle_x": 0, "x": '),
-     "transforms_train.json: frame 0: camera_angle_x must be a finite number > 0 and < 3.14159, got 0"),
+     "transforms_train.json: frame 0: camera_angle_x must be a finite number > 0 and < 3.14159, "
+     "got 0"),
     ("colmap", lambda r: edit(r / "sparse" / "0" / "cameras.txt",
                               "PINHOLE 32 32 40", "PINHOLE nan 32 40"),
      "cameras.txt: line 2: WIDTH must be a finite number >= 1, got nan"),
@@ -392,7 +397,9 @@ def test_bad_input_in_each_layout_is_one_line_naming_the_file(tmp_path, layout, 
         layouts.load_layout(root, 16)
 
 
-def test_train_cli_reports_bad_input_in_one_line(tmp_path):
+def test_train_cli_reports_bad_input_in_one_line(tmp_path, monkeypatch):
+    # runs/ goes here, not into the checkout
+    monkeypatch.chdir(tmp_path)
     cases = [(["--data", str(tmp_path / "missing")], "missing: no such data folder"),
              (["--data", str(tmp_path)], "train: no such folder")]
     (tmp_path / "bad.pt").write_bytes(b"garbage")
@@ -407,6 +414,8 @@ def test_train_cli_reports_bad_input_in_one_line(tmp_path):
         assert message in result.stderr
         assert result.stderr.count("\n") == 1
         assert "Traceback" not in result.stderr
+    # refused before a run folder was made
+    assert not (tmp_path / "runs").exists()
 
 
 def test_train_cli_reports_a_bad_colmap_model_in_one_line(tmp_path):
@@ -420,6 +429,157 @@ def test_train_cli_reports_a_bad_colmap_model_in_one_line(tmp_path):
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
 
+
+
+# ── Issue 30: images.txt without 2D-points lines, an image named twice, images smaller than the
+# feature maps, held-out views that are training views ──
+
+def write_colmap(root: Path, images_txt: str, names: list[str]) -> Path:
+    """A hand-written COLMAP text model: one 16 px PINHOLE camera (id 1), images.txt as given, and
+    a plain 16 px image of its own grey for each name."""
+    (root / "sparse" / "0").mkdir(parents=True)
+    (root / "images").mkdir()
+    for k, name in enumerate(names):
+        iio.imwrite(root / "images" / name, np.full((16, 16, 3), 10 * k, np.uint8))
+    (root / "sparse" / "0" / "cameras.txt").write_text("# Camera list\n1 PINHOLE 16 16 20 20 8 8\n")
+    (root / "sparse" / "0" / "images.txt").write_text(images_txt)
+    return root
+
+
+def test_colmap_images_txt_with_one_line_per_image_reads_every_image_and_says_so(tmp_path):
+    names = [f"{k:03d}.png" for k in range(9)]
+    # a name may hold a space
+    names[4] = "004 copy.png"
+    # identity rotations, t = (0, 0, 2 + k / 10): each camera at z = -(2 + k / 10)
+    lines = "".join(f"{k + 1} 1 0 0 0 0 0 {2 + k / 10} 1 {name}\n" for k, name in enumerate(names))
+    root = write_colmap(tmp_path / "one", "# Image list\n" + lines, names)
+    train_views, test, layout = layouts.load_layout(root, 16)
+    # every 8th held out: 0 and 8
+    assert train_views.names == ["001", "002", "003", "004 copy", "005", "006", "007"]
+    assert test.names == ["000", "008"]
+    expected = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -2.1], [0, 0, 0, 1]])
+    assert torch.allclose(train_views.poses[0], expected)
+    said = dataset.describe(root, train_views, test, layout)
+    assert said[1] == (f"{root / 'sparse' / '0' / 'images.txt'}: 9 of 9 images have no 2D-points "
+                       f"line after them (one line per image): read all 9")
+
+
+def test_colmap_images_txt_mixing_both_forms_is_read_and_a_line_of_neither_is_one_line(tmp_path):
+    images_txt = ("1 1 0 0 0 0 0 2 1 a.png\n10.5 3.25 -1 4 5 7\n"     # its 2D points
+                  "2 1 0 0 0 0 0 3 1 b.png\n"                         # none: the next image
+                  "3 1 0 0 0 0 0 4 1 c.png\n\n")                      # an empty 2D-points line
+    root = write_colmap(tmp_path / "mixed", images_txt, ["a.png", "b.png", "c.png"])
+    model = root / "sparse" / "0"
+    scene = layouts.load_colmap(model, root / "images", 16)
+    assert scene.names == ["a", "b", "c"]
+    assert scene.notes == [f"{model / 'images.txt'}: 1 of 3 images have no 2D-points line after "
+                           f"them (one line per image): read all 3"]
+    # two numbers: neither 2D points (X Y POINT3D_ID) nor an image line
+    edit(model / "images.txt", "10.5 3.25 -1 4 5 7", "10.5 3.25")
+    with pytest.raises(dv.DataError) as error:
+        layouts.load_colmap(model, root / "images", 16)
+    assert str(error.value) == (
+        f"{model / 'images.txt'}: line 2: after the image on line 1, expected its 2D points "
+        f"(X Y POINT3D_ID ...) or the next image (IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME)")
+
+
+def test_colmap_image_named_twice_with_two_poses_is_refused_and_with_one_pose_read_once(tmp_path):
+    images_txt = ("1 1 0 0 0 0 0 2 1 a.png\n\n2 1 0 0 0 0 0 3 1 b.png\n\n"
+                  "3 1 0 0 0 0 0 4 1 c.png\n\n4 1 0 0 0 0 0 5 1 ./a.png\n\n")
+    root = write_colmap(tmp_path / "colmap", images_txt, ["a.png", "b.png", "c.png"])
+    model = root / "sparse" / "0"
+    with pytest.raises(dv.DataError) as error:
+        layouts.load_colmap(model, root / "images", 16)
+    assert str(error.value) == (f"{model / 'images.txt'}: line 1 and line 7 name the same image "
+                                f"{root / 'images' / 'a.png'} with different poses; one image is "
+                                f"one view: remove one of them")
+    # the same pose: read once
+    edit(model / "images.txt", "0 5 1 ./a.png", "0 2 1 ./a.png")
+    scene = layouts.load_colmap(model, root / "images", 16)
+    assert scene.names == ["a", "b", "c"]
+    assert scene.notes == [f"{model / 'images.txt'}: 1 image(s) named again with the same pose "
+                           f"(line 1 and line 7): each read once"]
+
+
+def write_nerf(root: Path, split: str, frames: list[tuple[str, float]]) -> Path:
+    """A hand-written transforms_<split>.json: frames (file_path, z) with an identity rotation at
+    height z, camera_angle_x 0.8; a 16 px image of its own grey for each train/r_<k>.png it
+    names."""
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    for k in range(3):
+        iio.imwrite(root / "train" / f"r_{k}.png", np.full((16, 16, 3), 40 * k, np.uint8))
+    pose = lambda z: [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, z], [0, 0, 0, 1]]  # noqa: E731
+    (root / f"transforms_{split}.json").write_text(json.dumps(
+        {"camera_angle_x": 0.8,
+         "frames": [{"file_path": path, "transform_matrix": pose(z)} for path, z in frames]}))
+    return root
+
+
+def test_transforms_frames_naming_one_file_twice_are_refused_or_read_once(tmp_path):
+    # r_0 and r_0.png are the same file
+    root = write_nerf(tmp_path / "nerf", "train",
+                      [("./train/r_0", 2.0), ("./train/r_1", 3.0), ("train/r_0.png", 4.0)])
+    with pytest.raises(dv.DataError) as error:
+        layouts.load_transforms(root / "transforms_train.json", 16)
+    assert str(error.value) == (f"{root / 'transforms_train.json'}: frame 0 and frame 2 name the "
+                                f"same image {root / 'train' / 'r_0.png'} with different poses; "
+                                f"one image is one view: remove one of them")
+    write_nerf(root, "train", [("./train/r_0", 2.0), ("./train/r_1", 3.0), ("train/r_0.png", 2.0)])
+    scene = layouts.load_transforms(root / "transforms_train.json", 16)
+    assert scene.names == ["r_0", "r_1"]
+    assert scene.notes == [f"{root / 'transforms_train.json'}: 1 image(s) named again with the "
+                           f"same pose (frame 0 and frame 2): each read once"]
+
+
+def test_two_images_of_one_name_would_pair_with_one_pose_file_and_are_refused(tmp_path):
+    root = write_scene(tmp_path / "scene")
+    rgb = root / "train" / "rgb"
+    iio.imwrite(rgb / "000001.jpg", iio.imread(rgb / "000001.png"))
+    with pytest.raises(dv.DataError) as error:
+        layouts.load_split(root, "train", 16)
+    assert str(error.value) == (f"{rgb / '000001.jpg'}: this image and 000001.png would both pair "
+                                f"with the pose file {root / 'train' / 'pose' / '000001.txt'} (a "
+                                f"view is named by its file name without the extension): keep "
+                                f"one image")
+
+
+def test_images_with_fewer_pixels_across_than_the_feature_maps_are_a_warning(tmp_path):
+    # 16 px images, intrinsics for 16 x 16
+    root = write_scene(tmp_path / "scene")
+    said = []
+    # resized up to 32 px, feature maps 16 x 16: as the tests load the cube
+    dataset.open_scene(root, {**asdict(TINY), "img_size": 32}, log=said.append)
+    assert not [line for line in said if "fewer pixels across" in line]
+    for path in root.glob("*/rgb/*.png"):
+        iio.imwrite(path, np.full((1, 1, 3), 128, np.uint8))
+    said = []
+    dataset.open_scene(root, asdict(TINY), log=said.append)
+    assert (f"warning: {root / 'train' / 'rgb' / '000000.png'}: the images are 1x1 px, fewer "
+            f"pixels across than the 16 x 16 feature maps; resized to 16 px they cannot hold what "
+            f"the model is asked to learn (use images of at least 16 px across)") in said
+
+
+def test_a_held_out_view_that_is_also_a_training_view_is_a_warning_naming_it(tmp_path):
+    root = write_scene(tmp_path / "scene", n=3)
+    said = []
+    dataset.open_scene(root, asdict(TINY), log=said.append)
+    assert not [line for line in said if "also a training view" in line]
+    # the same pixels at the same pose, under another name
+    shutil.copy(root / "train" / "rgb" / "000002.png", root / "test" / "rgb" / "000000.png")
+    shutil.copy(root / "train" / "pose" / "000002.txt", root / "test" / "pose" / "000000.txt")
+    said = []
+    dataset.open_scene(root, asdict(TINY), log=said.append)
+    assert (f"warning: 1 of 1 held-out views is also a training view: "
+            f"{root / 'test' / 'rgb' / '000000.png'} (the pixels and pose of training view "
+            f"000002); the held-out PSNR counts it as a novel view") in said
+    # the same file, at another pose
+    nerf = write_nerf(tmp_path / "nerf", "train", [("./train/r_0", 2.0), ("./train/r_1", 3.0)])
+    write_nerf(nerf, "test", [("./train/r_2", 2.5), ("train/r_1.png", 4.0)])
+    train_views, test, _ = layouts.load_layout(nerf, 16)
+    assert dataset.shared_views(train_views, test) == (
+        f"warning: 1 of 2 held-out views is also a training view: "
+        f"{nerf / 'train' / 'r_1.png'} (the file of training view r_1); the held-out PSNR counts "
+        f"it as a novel view")
 
 def test_scene_config_estimates_the_grid_when_the_file_does_not_say(cube):
     scene = layouts.load_split(cube, "train", 16)
@@ -465,6 +625,35 @@ def test_grid_warning_is_quiet_on_the_cube_and_fires_on_a_grid_too_small_or_too_
     photographs = replace(train, images=torch.rand_like(train.images))
     assert grid.grid_warning(photographs, replace(cfg, grid_scale=0.6)).startswith(
         "note: grid not checked")
+
+
+def test_a_side_the_images_contradict_is_refitted_unless_the_flag_gave_it(cube, tmp_path):
+    """The cube (side 1) in a grid of side 0.6 named by intrinsics.txt: the door grows the grid
+    to enclose it with a 10% margin (the cube itself, side 1, is the smallest box that holds its
+    silhouette in every view) and says so; --grid_scale 0.6 is kept with a warning; a side
+    estimated from the cameras twice too large shrinks, one named by the files is only warned
+    about."""
+    small = shutil.copytree(cube, tmp_path / "small_grid")
+    for split in ("train", "test"):
+        edit(small / split / "intrinsics.txt", "\n1.25\n", "\n0.6\n")
+    said = []
+    train, _, cfg = dataset.open_scene(small, asdict(TINY), log=said.append)
+    assert 0.95 <= cfg.grid_scale <= 1.2, said        # 1.1 x about 1, less a pixel of slack
+    assert grid.grid_warning(train, cfg) is None      # it holds the cube now
+    assert any(line.startswith("grid fitted to the object: side") for line in said), said
+    assert any("--grid_scale 0.6 keeps that side" in line for line in said), said
+    said.clear()
+    _, _, kept = dataset.open_scene(small, asdict(TINY), grid_scale=0.6, log=said.append)
+    assert kept.grid_scale == 0.6
+    assert any(line.startswith("warning: the object leaves the grid") for line in said), said
+    train, _, _ = layouts.load_layout(cube, 32)
+    large = replace(grid.scene_config(train, asdict(TINY)), grid_scale=4.0)
+    shrunk, line = grid.fit_grid(train, large, "cameras")
+    assert 0.95 <= shrunk.grid_scale <= 1.2, line
+    assert line.startswith("grid fitted to the object"), line
+    named, line = grid.fit_grid(train, large, "the data")
+    assert named.grid_scale == 4.0
+    assert "larger than the object needs" in line
 
 
 @pytest.mark.parametrize("half_side, stray_pixels, warns",
@@ -618,7 +807,7 @@ def test_blocks_scene_is_harder_small_finely_textured_and_self_occluding(tmp_pat
                            alone_b[11:13, 11:13])
 
 
-def test_ball_is_ray_cast_as_a_disc_of_the_analytic_radius_and_small_fills_under_a_third_of_the_frame(
+def test_ball_ray_cast_is_a_disc_of_the_analytic_radius_and_small_fills_under_a_third_of_the_frame(
         tmp_path):
     ball = synthetic.Ball((0.0, 0.0, 0.0), 0.5)
     distance, focal, size = 2.5, 80.0, 64
@@ -639,7 +828,8 @@ NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d*)?(?:e[-+]?\d+)?(?![\w.])")
 
 
 def fuzz_layouts(root: Path) -> dict[str, tuple[Path, list[Path]]]:
-    """A tiny cube (4 + 2 views, 16 px) in each of the five layouts, with the text files to break in each."""
+    """A tiny cube (4 + 2 views, 16 px) in each of the five layouts, with the text files to break in
+    each."""
     synthetic.make_scene(root / "deepvoxels", n_train=4, n_test=2, size=16)
     dv_root = root / "deepvoxels"
     by_layout = {"deepvoxels": (dv_root, [dv_root / "train" / "intrinsics.txt",
@@ -659,8 +849,8 @@ def fuzz_layouts(root: Path) -> dict[str, tuple[Path, list[Path]]]:
 
 
 def breakages(path: Path) -> list[tuple[str, object]]:
-    """(name, what to do to the file's text or the file) for one file: numbers made extreme, lines removed or
-    duplicated, the file emptied, made a folder or saved as UTF-16."""
+    """(name, what to do to the file's text or the file) for one file: numbers made extreme, lines
+    removed or duplicated, the file emptied, made a folder or saved as UTF-16."""
     text = path.read_text()
     numbers = list(NUMBER.finditer(text))
     # every number of a small file, a few of a large one

@@ -119,6 +119,58 @@ def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(cube, tmp_path):
         alive.wait()
 
 
+def test_out_naming_a_file_is_one_line_in_train_and_render_and_the_file_is_kept(
+        cube, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    result = run_train("--data", str(cube), "--out", "notes.txt", "--check", *TINY_FLAGS)
+    assert result.returncode == 1
+    assert result.stderr == "error: notes.txt: is a file, not a folder: choose another --out\n"
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+    # without --out: runs/<scene> is the file, whether the run reuses it (--check) or not
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "cube").write_text("")
+    for flags in (["--check"], ["--iters", "1"]):
+        result = run_train("--data", str(cube), *flags, *TINY_FLAGS)
+        assert result.returncode == 1
+        assert result.stderr == "error: runs/cube: is a file, not a folder: choose another --out\n"
+    # render takes the same lock
+    quick_run(cube, "--out", "run")
+    with pytest.raises(dv.DataError) as error:
+        render.main(["--run", "run", "--out", "notes.txt", "--frames", "1"])
+    assert str(error.value) == "notes.txt: is a file, not a folder: choose another --out"
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+    # a folder where the lock file goes
+    (tmp_path / "run" / "run.lock").mkdir()
+    with pytest.raises(dv.DataError) as error:
+        quick_run(cube, "--out", "run", "--overwrite")
+    assert str(error.value) == "run/run.lock: is a folder, not a lock file: delete it"
+
+
+def test_a_refused_command_leaves_no_folder_behind(cube, tmp_path, monkeypatch):
+    from tools import ablation
+
+    monkeypatch.chdir(tmp_path)
+    # a typo in --data
+    result = run_train("--data", "./cubee")
+    assert result.returncode == 1
+    assert result.stderr == "error: cubee: no such data folder\n"
+    assert list(tmp_path.iterdir()) == []
+    # the ablation claims runs/ablation-cubee before its first run opens the scene
+    with pytest.raises(dv.DataError, match="^cubee: no such data folder$"):
+        ablation.main(["--data", "./cubee", "--iters", "1", *TINY_FLAGS])
+    assert list(tmp_path.iterdir()) == []
+    # a name the file system refuses, after the folder above it was made
+    with pytest.raises(dv.DataError, match="cannot write the output folder"):
+        quick_run(cube, "--out", f"made/{'x' * 300}")
+    assert list(tmp_path.iterdir()) == []
+    # a folder that was there before is kept
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(dv.DataError, match="^cubee: no such data folder$"):
+        ablation.main(["--data", "./cubee", "--out", "mine", "--iters", "1", *TINY_FLAGS])
+    assert list(tmp_path.iterdir()) == [tmp_path / "mine"]
+    assert list((tmp_path / "mine").iterdir()) == []
+
 def test_render_from_another_working_directory_and_after_the_data_moved_or_went(
         cube, tmp_path, monkeypatch, capsys):
     project = tmp_path / "project"
