@@ -330,8 +330,8 @@ class IntegrationGRU(nn.Module):
         # several small ones) and split back into the paper's terms in forward.
         self.W_zrs = conv(1 + 1 + C, True)    # W_z, W_r, W_s (and b_z, b_r, b_s): they all read X
         self.U_zr = conv(1 + 1, False)        # U_z, U_r: both read H
-        self.U_s = conv(C, False)             # reads R∘H
-        # dropout, as the authors: whole channels of a term
+        self.U_s = conv(C, False)             # reads R∘H, and the coordinates (not gated)
+        # dropout, as the authors: whole channels of each of S's two terms (training only)
         self.dropout = nn.Dropout3d(cfg.gru_dropout)
         self.register_buffer("coords", normalized_coordinates(cfg.grid_size), persistent=False)
 
