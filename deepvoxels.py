@@ -187,7 +187,7 @@ class Config:
 
     def intrinsics(self, size: int) -> torch.Tensor:
         """K of the camera for images (or feature maps) of side `size`: resizing by s scales fx,
-        fy, cx and cy by exactly s (the pixel convention below)."""
+        fy, cx and cy by exactly s (the pixel convention above)."""
         fy = self.focal_y or self.focal
         return intrinsics_matrix(self.focal, fy, self.cx, self.cy, size / self.img_size)
 
@@ -560,7 +560,7 @@ class DeepVoxels(nn.Module):
     def render_inpainted(self, inpainted: torch.Tensor,
                          poses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Render poses (B, 4, 4) from an inpainted grid (1, C, N, N, N) (at test time it depends
-        on no view: figures.render_views inpaints once). Returns every intermediate: rgb (B, 3, H,
+        on no view: scenes/evaluation.render_views inpaints once). Returns every intermediate: rgb (B, 3, H,
         W), depth (B, 1, h, w), weights (B, D, h, w), view_volume (B, C, D, h, w), depths (B, D),
         flat_features (B, C, h, w), inpainted; depth and weights None for the naive occlusion."""
         # (B, C, D, h, w), (B, D)
@@ -579,7 +579,7 @@ class DeepVoxels(nn.Module):
 
     def render(self, poses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU).
-        Call model.eval() first (figures.render_views does): in train mode batch norm would use and
+        Call model.eval() first (scenes/evaluation.render_views does): in train mode batch norm would use and
         update these poses' own statistics."""
         return self.render_grid(self.grid, poses)
 

@@ -3,8 +3,8 @@
 `TrainConfig` holds the run (its data, folder, recipe and device); `SIZE_FLAGS` the model's sizes,
 whose values deepvoxels.Config holds. tools/ablation.py passes its extra flags on to train.py, and
 tools/benchmark.py takes the size flags; both check them here first. Every script's command line
-starts here too: `ArgumentParser`, `run_command` (one line for bad input, never a traceback), the
-device flags. The help texts say what a setting is for and the authors' value where they chose
+starts here too (tools/handout.py aside: it needs the standard library alone): `ArgumentParser`,
+`run_command` (one line for bad input, never a traceback), the device flags. The help texts say what a setting is for and the authors' value where they chose
 one; how each default was chosen is in docs/measurements.md.
 """
 
@@ -134,7 +134,7 @@ class TrainConfig:
 SIZE_FLAGS = {
     "img_size": "H = W of the images the model renders",
     "feat_size": "h = w of the 2D feature maps used for lifting and projection (default 0: "
-                 "decided by the object's share of the frame, grid_check.feature_size)",
+                 "decided by the object's share of the frame, scenes/grid.py: feature_size)",
     "grid_size": "N voxels per grid side (the authors: 32); the GRU and inpainting cost grows "
                  "as N^3",
     "channels": "C features per voxel (the authors: 64)",

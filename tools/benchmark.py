@@ -1,5 +1,6 @@
 """Where the time of one training step goes: each stage's forward and forward+backward, in fp32
-and in bf16 mixed precision, median of repeated runs, and one rendered view. Prints markdown tables
+and, where train.py's auto would use it (a GPU, a CPU with bf16 units), in bf16 mixed precision;
+median of repeated runs; and one rendered view. Prints markdown tables
 for docs/measurements.md; --profile adds the operators that cost the most (torch.profiler).
 
 Each stage's arithmetic (GFLOP of its convolutions and matrix products, torch.utils.flop_counter) is
@@ -7,7 +8,7 @@ divided by its fp32 time and compared with this machine's 2048 x 2048 fp32 matmu
 of the matmul rate a stage reaches says whether it is bound by arithmetic or by something else, and
 the step time on another CPU is about the same share of that CPU's matmul rate.
 
-    python -m tools.benchmark                  # the default model sizes, on the CPU
+    python -m tools.benchmark                  # the default model sizes (on a GPU if there is one)
     python -m tools.benchmark --profile fp32   # ... and the 15 costliest operators of an fp32 step
     python -m tools.benchmark --grid_size 32 --channels 32 --device cuda
                                                # train.py's model-size flags work here too

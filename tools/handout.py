@@ -326,8 +326,8 @@ def exercises_text(stubbed: list[str], carried: list[str], student_name: str) ->
             "deepvoxels.py in this folder is the whole model (Sitzmann et al., *DeepVoxels*, CVPR "
             "2019), but the bodies of the functions below are yours to write. Each keeps its "
             "signature, its docstring, its shape comments and the paper's equations, and raises "
-            "NotImplementedError naming its exercise until you replace that line with your code. "
-            "Do them in this order: an exercise may use the ones before it.", "",
+            "Unfinished (a NotImplementedError) naming its exercise until you replace that line "
+            "with your code. Do them in this order: an exercise may use the ones before it.", "",
             "Grade one exercise with its command, run in this folder: it takes seconds on a CPU "
             "and says what is wrong (which voxel, pixel or equation; expected and found). "
             "`pytest` alone grades them all.", ""]

@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--architecture", action="store_true",
                    help="redraw the architecture figure from a forward pass of the default model "
                         "into <--out>/architecture.png (default: assets/) and stop")
-    p.add_argument("--out", help="folder for --architecture (default: assets/ next to this file)")
+    p.add_argument("--out", help="folder for --architecture (default: the project's assets/)")
     return p.parse_args(argv)
 
 
