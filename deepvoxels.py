@@ -560,9 +560,10 @@ class DeepVoxels(nn.Module):
     def render_inpainted(self, inpainted: torch.Tensor,
                          poses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Render poses (B, 4, 4) from an inpainted grid (1, C, N, N, N) (at test time it depends
-        on no view: scenes/evaluation.render_views inpaints once). Returns every intermediate: rgb (B, 3, H,
-        W), depth (B, 1, h, w), weights (B, D, h, w), view_volume (B, C, D, h, w), depths (B, D),
-        flat_features (B, C, h, w), inpainted; depth and weights None for the naive occlusion."""
+        on no view: scenes/evaluation.render_views inpaints once). Returns every intermediate:
+        rgb (B, 3, H, W), depth (B, 1, h, w), weights (B, D, h, w), view_volume (B, C, D, h, w),
+        depths (B, D), flat_features (B, C, h, w), inpainted; depth and weights None for the naive
+        occlusion."""
         # (B, C, D, h, w), (B, D)
         volume, depths = project(inpainted.expand(len(poses), -1, -1, -1, -1), poses, self.cfg)
         # (B, C, h, w), (B, D, h, w), (B, 1, h, w)
@@ -579,8 +580,8 @@ class DeepVoxels(nn.Module):
 
     def render(self, poses: torch.Tensor) -> dict[str, torch.Tensor]:
         """Test time: render poses (B, 4, 4) from the persistent grid alone (no encoder, no GRU).
-        Call model.eval() first (scenes/evaluation.render_views does): in train mode batch norm would use and
-        update these poses' own statistics."""
+        Call model.eval() first (scenes/evaluation.render_views does): in train mode batch norm
+        would use and update these poses' own statistics."""
         return self.render_grid(self.grid, poses)
 
 

@@ -34,7 +34,9 @@ def main(argv=None) -> None:
         # the scene first: bad data leaves no run folder behind
         train, held_out, cfg = dataset.open_scene(run.data, sizes, run.grid_center or None,
                                                   run.grid_scale or None)
-        with runs.train_folder(run.data, run.out, run.resume or run.check, run.overwrite) as out:
+        # --check into the default folder takes a fresh one: a trained run's cameras.png stays
+        reuse = run.resume or (run.check and bool(run.out))
+        with runs.train_folder(run.data, run.out, reuse, run.overwrite) as out:
             if not run.out and out.name != Path(run.data).resolve().name:
                 print(f"run folder {out}: {out.with_name(Path(run.data).resolve().name)} holds "
                       f"another run (--out chooses the folder)")

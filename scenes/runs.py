@@ -172,8 +172,8 @@ def remove_empty(folders: list[Path]) -> None:
 
 def train_folder(data: str, out: str, reuse: bool,
                  overwrite: bool) -> contextlib.AbstractContextManager[Path]:
-    """A training run's folder, claimed: without `out`, runs/<scene> (`reuse`: --resume or
-    --check), else the first free of runs/<scene>, runs/<scene>-2, -3...; `out` as given, refused
+    """A training run's folder, claimed: without `out`, runs/<scene> (`reuse`: --resume), else
+    the first free of runs/<scene>, runs/<scene>-2, -3...; `out` as given, refused
     when it holds a checkpoint unless `reuse` or `overwrite` says what to do with it."""
     if not out:
         return claimed(Path("runs") / Path(data).resolve().name, new=not reuse)

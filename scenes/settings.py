@@ -132,9 +132,10 @@ class TrainConfig:
 
 # The model's sizes: deepvoxels.Config's fields and defaults, with what each is for.
 SIZE_FLAGS = {
-    "img_size": "H = W of the images the model renders",
-    "feat_size": "h = w of the 2D feature maps used for lifting and projection (default 0: "
-                 "decided by the object's share of the frame, scenes/grid.py: feature_size)",
+    "img_size": "H = W of the images the model renders (the authors: 512)",
+    "feat_size": "h = w of the 2D feature maps used for lifting and projection (the authors: "
+                 "64; default 0: decided by the object's share of the frame, scenes/grid.py: "
+                 "feature_size)",
     "grid_size": "N voxels per grid side (the authors: 32); the GRU and inpainting cost grows "
                  "as N^3",
     "channels": "C features per voxel (the authors: 64)",

@@ -68,6 +68,20 @@ def test_the_same_command_twice_keeps_the_first_checkpoint_byte_for_byte(
     assert torch.load(tmp_path / "runs" / "cube" / "ckpt.pt", weights_only=True)["step"] == 6
 
 
+def test_check_never_redraws_a_trained_runs_cameras(cube, tmp_path, monkeypatch):
+    """--check into the default folder while it holds a trained run draws in a fresh folder; with
+    --out it takes the folder named."""
+    monkeypatch.chdir(tmp_path)
+    quick_run(cube)
+    drawn = (tmp_path / "runs" / "cube" / "cameras.png").read_bytes()
+    quick_run(cube, "--check", "--grid_scale", "0.8")
+    assert (tmp_path / "runs" / "cube" / "cameras.png").read_bytes() == drawn
+    assert (tmp_path / "runs" / "cube-2" / "cameras.png").exists()
+    assert not (tmp_path / "runs" / "cube-2" / "ckpt.pt").exists()
+    quick_run(cube, "--check", "--grid_scale", "0.8", "--out", "runs/cube")
+    assert (tmp_path / "runs" / "cube" / "cameras.png").read_bytes() != drawn
+
+
 def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line_and_the_first_ends_intact(
         cube, tmp_path):
     first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--data", str(cube),

@@ -193,7 +193,8 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: 
     train_views, test, _ = dataset.open_scene(args.data, settings.sizes_of(cfg), cfg.grid_center,
                                               cfg.grid_scale)
     test = train_views if test is None else test
-    print("\n| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) "
+    print("\nboth models rendered in fp32 (train.py's log renders in --precision)")
+    print("| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) "
           "| gap (dB) |\n|---|---|---|---|---|---|---|")
     columns, histories = [], {}
     for kind, (model, state) in models.items():
