@@ -89,21 +89,22 @@ def main(argv=None) -> dict:
           f"{data or 'no data folder'} at {model.cfg.img_size}px; device {args.device}, "
           f"{precision}")
     scene = (dataset.open_scene(data, settings.sizes_of(model.cfg), model.cfg.grid_center,
-                                model.cfg.grid_scale)[:2] if data else None)  # before any output
+                                model.cfg.grid_scale, check_grid=False)[:2]
+             if data else None)                                               # before any output
     out = Path(args.out or ckpt.parent / "render")
     video = "path" if args.poses else "orbit"
     with runs.claimed(out), dv.flushed_denormals():  # one command at a time writes there
         runs.check_writable(out, "metrics.json", "sheet.png", f"{video}.gif", f"{video}.mp4")
-        return render_run(model, state, ckpt, data, scene, path, out, args)
+        return render_run(model, state, ckpt, data, scene, path, out, args, precision)
 
 
 def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
                scene: tuple[Scene, Scene | None] | None, path: torch.Tensor | None, out: Path,
-               args: argparse.Namespace) -> dict:
+               args: argparse.Namespace, precision: str) -> dict:
     """The three outputs of main into `out`; `scene`: the training and held-out views of the
-    folder `data`, or None when it is gone; `path`: --poses or None for the orbit."""
+    folder `data`, or None when it is gone; `path`: --poses or None for the orbit; `precision`:
+    what --precision resolved to, for metrics.json."""
     cfg, size = model.cfg, args.size or model.cfg.img_size
-    precision = dv.resolve_precision(args.device, args.precision)
 
     # 1. The orbit (or --poses), RGB | depth per frame.
     if path is None:

@@ -42,11 +42,13 @@ def main(argv=None) -> None:
                       f"another run (--out chooses the folder)")
             runs.check_writable(out, runs.CHECKPOINT, "history.json", "cameras.png",
                                 "preview.png")
+            # a refused --resume draws nothing
+            state = None if run.check else build_or_resume(run, cfg, out / runs.CHECKPOINT)
             figures.plot_setup(out / "cameras.png", train, held_out, cfg)
             if run.check:
                 print(f"wrote {out / 'cameras.png'}; --check: not training")
                 return
-            fit(run, train, held_out, cfg, out)
+            fit(run, state, train, held_out, out)
 
 
 @dataclasses.dataclass
@@ -70,10 +72,11 @@ class Training:
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-def fit(run: TrainConfig, train: Scene, held_out: Scene | None, cfg: dv.Config, out: Path) -> None:
-    """Build or resume the model, train it into the folder `out`, evaluate and checkpoint it as it
-    goes (every --eval_every seconds, and at the end)."""
-    state = build_or_resume(run, cfg, out / runs.CHECKPOINT)
+def fit(run: TrainConfig, state: Training, train: Scene, held_out: Scene | None,
+        out: Path) -> None:
+    """Train the model (new or resumed: build_or_resume) into the folder `out`, evaluate and
+    checkpoint it as it goes (every --eval_every seconds, and at the end)."""
+    cfg = state.model.cfg
     score = Scoring.of(run, train, held_out, state, out)
     phases = training_phases(run, cfg, train.images.to(run.device))
     poses, neighbours = train.poses.to(run.device), views.view_neighbours(train.poses)
@@ -100,6 +103,8 @@ def fit(run: TrainConfig, train: Scene, held_out: Scene | None, cfg: dv.Config, 
             log.step(state, loss, last)
     save_checkpoint(state, run, out / runs.CHECKPOINT, score.scene)
     log.end(state, out / runs.CHECKPOINT, interrupted=bool(stop))
+    if stop:
+        raise KeyboardInterrupt   # after the save: the command line exits 130
 
 
 def build_or_resume(run: TrainConfig, cfg: dv.Config, ckpt_path: Path) -> Training:
@@ -120,8 +125,10 @@ def build_or_resume(run: TrainConfig, cfg: dv.Config, ckpt_path: Path) -> Traini
                "gan_weight": saved["train_config"].get("gan_weight", 0.0)}   # with or without a
     now = {**dataclasses.asdict(cfg), "gan_weight": run.gan_weight}         # discriminator
     if changed := [f"{k} {v} (now {now[k]})" for k, v in trained.items() if now[k] != v]:
+        grid = [f"--{k} {v:g}" for k, v in trained.items() if k == "grid_scale" and now[k] != v]
         raise dv.DataError(f"{ckpt_path}: checkpoint was trained with another configuration: "
-                           f"{', '.join(changed)}; resume with the same flags")
+                           f"{', '.join(changed)}; resume with the same flags"
+                           + (f" (the grid: {grid[0]})" if grid else ""))
     for name, part in state.parts().items():  # the networks, then their optimisers
         if not isinstance(saved.get(name), dict):
             raise dv.DataError(f"{ckpt_path}: not a DeepVoxels checkpoint of this version "
@@ -319,7 +326,7 @@ class Log:
         if interrupted:
             print(f"interrupted: saved step {state.step} to {ckpt_path}; "
                   f"continue with --resume --out {ckpt_path.parent}")
-            raise KeyboardInterrupt
+            return
         print(f"done: step {state.step}, {state.seconds / 60:.1f} min, {self.score.split} PSNR "
               f"{last_psnr(state)} ({self.score.baseline_name} {self.score.baseline:.2f} dB); "
               f"{runs.peak_memory(self.run.device)}; checkpoint {ckpt_path}")

@@ -21,7 +21,8 @@ from scenes.synthetic import SCENES, make_scene
 
 
 def open_scene(data: str | Path, sizes: dict, grid_center=None, grid_scale=None,
-               log: Callable[[str], None] = print) -> tuple[Scene, Scene | None, Config]:
+               log: Callable[[str], None] = print,
+               check_grid: bool = True) -> tuple[Scene, Scene | None, Config]:
     """A scene as a command needs it: its training views (at least 2: a source and another
     target), its held-out views or None, and the Config of the model's sizes ({name: value},
     feat_size 0: chosen by grid.feature_size) with this scene's camera and its grid placed
@@ -29,7 +30,8 @@ def open_scene(data: str | Path, sizes: dict, grid_center=None, grid_scale=None,
     side that the images contradict, unless the flag gave it). Each line that says what was
     found goes to `log` as it is found: a scene generated, the layout and its views (and what the
     reader noted), the feature maps chosen, images too small for them, held-out views that are
-    training views, the grid refitted or the grid check's warning."""
+    training views, the grid refitted or the grid check's warning (`check_grid`: a trained model's
+    grid, as render.py gives it, is neither checked nor refitted)."""
     root = Path(data)
     if not root.exists() and root.name in SCENES:
         log(f"{root} does not exist: generating the synthetic scene '{root.name}' there "
@@ -53,9 +55,10 @@ def open_scene(data: str | Path, sizes: dict, grid_center=None, grid_scale=None,
     cfg = scene_config(train, sizes, grid_center, grid_scale)
     placed_by = ("the flag" if grid_scale else "the data" if train.intrinsics.grid_scale
                  else "cameras")
-    cfg, said = fit_grid(train, cfg, placed_by)     # the images win over a side they contradict
-    if said:
-        log(said)
+    if check_grid:
+        cfg, said = fit_grid(train, cfg, placed_by)  # the images win over a side they contradict
+        if said:
+            log(said)
     log(f"grid {cfg.grid_size}^3 centred at {rounded(cfg.grid_center)}, side {cfg.grid_scale:.3g}")
     return train, held_out, cfg
 

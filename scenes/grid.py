@@ -181,13 +181,13 @@ def measure_grid(scene: Scene, cfg: Config) -> GridFit | None:
                    factors[low] if low < len(factors) else None)
 
 
-def grid_warning(scene: Scene, cfg: Config) -> str | None:
+def grid_warning(scene: Scene, cfg: Config, fit: GridFit | None = None) -> str | None:
     """Check the grid against the training images before training: one warning line, or None if it
     fits. The grid cuts the object when more than 1% of the object's pixels, over all views, lie
     outside it: a few stray pixels in a few views (shadows, resampling, a box that touches the
     object) are not worth a coarser grid. A box of half the side or less that holds the object
-    warns too (most voxels empty)."""
-    fit = measure_grid(scene, cfg)
+    warns too (most voxels empty). `fit`: measure_grid's, where the caller has it already."""
+    fit = fit or measure_grid(scene, cfg)
     if fit is None:
         return None if object_mask(scene)[1].any() else \
             "note: grid not checked against the images: no training view has a plain background"
@@ -215,14 +215,14 @@ def fit_grid(scene: Scene, cfg: Config, placed_by: str) -> tuple[Config, str | N
     from the cameras (`placed_by` "cameras") or read from the data's files ("the data"): a grid
     the object leaves is grown to enclose it, and an estimated grid twice or more too large
     shrinks. A side given by --grid_scale ("the flag") is the user's word: only grid_warning's
-    line. So is any grid the check cannot measure or cannot fit around the object's centre.
-    """
+    line. So is any grid the check cannot measure, or cannot fit by growing it around its own
+    centre."""
     fit = measure_grid(scene, cfg) if placed_by != "the flag" else None
     grows = fit is not None and fit.enclosing is not None and fit.lost > 0.01
     shrinks = (fit is not None and fit.enclosing is not None and fit.enclosing <= 0.5
                and placed_by == "cameras")
     if not (grows or shrinks):
-        return cfg, grid_warning(scene, cfg)
+        return cfg, grid_warning(scene, cfg, fit)
     side = fit.suggested_side(cfg.grid_scale)
     why = (f"the object leaves it ({100 * fit.lost:.0f}% of its pixels, in {fit.views})" if grows
            else f"it is {1 / fit.enclosing:.1f}x larger than the object")

@@ -394,8 +394,10 @@ def next_line_kind(path: Path, row: tuple[int, str], image_line: int, cameras: d
         except ValueError:
             return False
     points = len(fields) % 3 == 0 and numbers(fields, float) and numbers(fields[2::3], int)
-    image = (len(parts) == 10 and numbers(parts[:1], int) and numbers(parts[1:8], float)
-             and parts[8] in cameras)
+    shaped = (len(parts) == 10 and numbers(parts[:1], int) and numbers(parts[1:8], float)
+              and numbers(parts[8:9], int))
+    # a camera missing from cameras.txt is the image line's own error (the reader says which)
+    image = shaped and (parts[8] in cameras or not points)
     if points and image:
         raise DataError(f"{path}: line {n}: reads as the 2D points of the image on line "
                         f"{image_line} and as an image line: give that image its 2D-points line "

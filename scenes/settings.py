@@ -3,9 +3,10 @@
 `TrainConfig` holds the run (its data, folder, recipe and device); `SIZE_FLAGS` the model's sizes,
 whose values deepvoxels.Config holds. tools/ablation.py passes its extra flags on to train.py, and
 tools/benchmark.py takes the size flags; both check them here first. Every script's command line
-starts here too (tools/handout.py aside: it needs the standard library alone): `ArgumentParser`,
-`run_command` (one line for bad input, never a traceback), the device flags. The help texts say what a setting is for and the authors' value where they chose
-one; how each default was chosen is in docs/measurements.md.
+starts here too (tools/handout.py aside, whose flags need no checks): `ArgumentParser`,
+`run_command` (one line for bad input, never a traceback), the device flags. The help texts say
+what a setting is for and the authors' value where they chose one; how each default was chosen is
+in docs/measurements.md.
 """
 
 from __future__ import annotations

@@ -483,6 +483,13 @@ def test_colmap_images_txt_mixing_both_forms_is_read_and_a_line_of_neither_is_on
         f"(X Y POINT3D_ID ...) or the next image (IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME)")
 
 
+def test_colmap_one_line_per_image_naming_an_unknown_camera_says_so(tmp_path):
+    images_txt = "1 1 0 0 0 0 0 2 1 a.png\n2 1 0 0 0 0 0 3 9 b.png\n"   # camera 9: not there
+    root = write_colmap(tmp_path / "camera", images_txt, ["a.png", "b.png"])
+    with pytest.raises(dv.DataError, match="line 2: camera 9 is not in cameras.txt"):
+        layouts.load_colmap(root / "sparse" / "0", root / "images", 16)
+
+
 def test_colmap_image_named_twice_with_two_poses_is_refused_and_with_one_pose_read_once(tmp_path):
     images_txt = ("1 1 0 0 0 0 0 2 1 a.png\n\n2 1 0 0 0 0 0 3 1 b.png\n\n"
                   "3 1 0 0 0 0 0 4 1 c.png\n\n4 1 0 0 0 0 0 5 1 ./a.png\n\n")

@@ -82,6 +82,19 @@ def test_check_never_redraws_a_trained_runs_cameras(cube, tmp_path, monkeypatch)
     assert (tmp_path / "runs" / "cube" / "cameras.png").read_bytes() != drawn
 
 
+def test_a_refused_resume_draws_nothing_and_leaves_no_folder(cube, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(dv.DataError, match="no such checkpoint"):
+        quick_run(cube, "--resume")
+    assert not (tmp_path / "runs").exists()
+    quick_run(cube)
+    drawn = (tmp_path / "runs" / "cube" / "cameras.png").read_bytes()
+    with pytest.raises(dv.DataError,
+                       match=r"grid_scale 1.25 \(now 2.0\).*the grid: --grid_scale 1.25"):
+        quick_run(cube, "--resume", "--iters", "3", "--grid_scale", "2")
+    assert (tmp_path / "runs" / "cube" / "cameras.png").read_bytes() == drawn
+
+
 def test_a_second_run_into_a_folder_in_use_is_refused_in_one_line_and_the_first_ends_intact(
         cube, tmp_path):
     first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--data", str(cube),

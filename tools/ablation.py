@@ -191,7 +191,7 @@ def compare(args: argparse.Namespace, train_flags: list[str], out: Path, sizes: 
     models = {kind: runs.load_checkpoint(out / kind / "ckpt.pt") for kind in kinds}
     cfg = models["softmax"][0].cfg  # both share the sizes and the grid
     train_views, test, _ = dataset.open_scene(args.data, settings.sizes_of(cfg), cfg.grid_center,
-                                              cfg.grid_scale)
+                                              cfg.grid_scale, check_grid=False)
     test = train_views if test is None else test
     print("\nboth models rendered in fp32 (train.py's log renders in --precision)")
     print("| occlusion | parameters | steps | minutes | train PSNR (dB) | held-out PSNR (dB) "

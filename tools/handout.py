@@ -372,8 +372,11 @@ def write_kit(folder: Path, notebook: Path, stages: set[str], student: Path | No
                                               theirs, str(student))
     except (OSError, ValueError, KeyError) as e:
         raise KitError(str(e)) from None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as e:
+        raise KitError(f"{folder}: cannot write there ({e.strerror or e})") from None
     try:
         work.chmod(0o755)       # mkdtemp's folder is private; a kit is a folder like any other
         (work / "deepvoxels.py").write_text(source, encoding="utf-8")
@@ -389,9 +392,11 @@ def write_kit(folder: Path, notebook: Path, stages: set[str], student: Path | No
                                            encoding="utf-8")
         (work / "pytest.ini").write_text(PYTEST_INI, encoding="utf-8")
         os.replace(work, folder)                        # an empty folder is replaced
-    except OSError as e:
+    except BaseException as e:  # a failure, or Ctrl-C, leaves nothing half-written behind
         shutil.rmtree(work, ignore_errors=True)
-        raise KitError(f"{folder}: {e}") from None
+        if isinstance(e, OSError):
+            raise KitError(f"{folder}: {e}") from None
+        raise
     names = [f"{e.number} {e.name}" for e in EXERCISES if any(f in stubbed for f in e.functions)]
     return (f"wrote {folder}: exercises {', '.join(names) or 'none'} to write"
             + (f"; carried from {student}: {', '.join(carried)}" if carried else "")
