@@ -127,7 +127,8 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
     split, test = ("train", train) if test is None else ("test", test)
     pred, pred_depth, test_seconds = evaluation.render_views(model, test.poses, args.device,
                                                           args.precision)
-    nearest = evaluation.nearest_view_baseline(train, test.poses)
+    nearest = (evaluation.nearest_other_views(train) if split == "train"   # not each view itself
+               else evaluation.nearest_view_baseline(train, test.poses))
     scores = {"psnr": evaluation.psnr(pred, test.images),
               "ssim": evaluation.ssim(pred, test.images),
               "baseline_psnr": evaluation.psnr(nearest, test.images),

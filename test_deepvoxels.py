@@ -1,9 +1,9 @@
-"""Tests: each stage of deepvoxels.py and each script against an independent computation:
-hand-computed projections, naive loops, analytic depths and disc sizes, exact round trips, numpy
-metrics. CPU only, offline; run with `pytest`. Groups, in order: 1. cameras and grid addressing;
-3. lifting; 4. GRU; 6-7. projection and occlusion; 8. rendering and the adversarial loss; 9. the
-whole model; scenes and bad input; training and faults; render.py and metrics; viewer and figure;
-notebook, handout, docs; ablation."""
+"""The paper's stages, each against an independent computation: hand-computed projections, naive
+loops, analytic depths, exact round trips. CPU only, offline; run with `pytest`. Groups, in the
+order of deepvoxels.py: 1. cameras and grid addressing; 3. lifting; 4. GRU; 6-7. projection and
+occlusion; 8. rendering and the adversarial loss; 9. the whole model (training, sizes, precision,
+FastConv3d). Everything else is tested in tests/, one file per subject; tests/conftest.py shares
+this file's sizes and cube scene."""
 
 from __future__ import annotations
 

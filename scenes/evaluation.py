@@ -48,15 +48,20 @@ def nearest_view_baseline(train: Scene, poses: torch.Tensor) -> torch.Tensor:
     return train.images[closest]
 
 
+def nearest_other_views(train: Scene) -> torch.Tensor:
+    """The baseline on the training views themselves: each one's nearest *other* view (V, 3, H, W)
+    (itself would score ~100 dB)."""
+    return train.images[view_neighbours(train.poses)[:, 0]]
+
+
 def baseline(train: Scene, held_out: Scene | None) -> tuple[Scene, str, str, float, str | None]:
     """The views a run is scored on (the held-out ones, else the training ones), their split, the
     nearest-view baseline's name and mean PSNR on them, and a line saying so when there are no
     held-out views (else None). Without held-out views each training view is compared with its
     nearest *other* view: itself would score ~100 dB."""
     if held_out is None:
-        nearest_other = train.images[view_neighbours(train.poses)[:, 0]]
         return (train, "train", "nearest-other-view baseline",
-                psnr(nearest_other, train.images).mean().item(),
+                psnr(nearest_other_views(train), train.images).mean().item(),
                 "no test/ split: PSNR is measured on the training views; "
                 "the baseline copies each one's nearest other view")
     return (held_out, "test", "nearest-neighbour baseline",

@@ -1,7 +1,7 @@
 """Every file a layout names, read and checked: numbers, cameras, poses, text files and images.
 Bad input is one DataError line naming the file and the problem, never a traceback.
 
-The DeepVoxels layout's own files (read here, used by every layout):
+The DeepVoxels layout's own files (read here; NSVF uses them too, every layout read_image):
   pose file: 16 numbers (4 rows or one row), an OpenCV camera-to-world matrix.
   intrinsics.txt, line by line: "f cx cy [ignored...]" / "x y z" grid barycenter / near plane
   (0: choose for me) / scale (world size of the grid; 0: estimate it, and the barycenter with it)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -214,3 +215,19 @@ def test_render_checks_its_device_and_numbers_before_loading_anything(tmp_path):
     for flags, message in cases:
         with pytest.raises(dv.DataError, match=re.escape(message)):
             render.main(["--ckpt", str(tmp_path / "missing.pt"), *flags])
+
+
+def test_render_without_held_out_views_scores_the_baseline_on_each_views_nearest_other(
+        cube, tmp_path):
+    """With no test/ split render.py scores the training views, and the baseline copies each
+    one's nearest other view: copying the view itself would score about 100 dB."""
+    data = shutil.copytree(cube, tmp_path / "no_test")
+    shutil.rmtree(data / "test")
+    train.main(["--data", str(data), "--out", str(tmp_path / "run"), "--iters", "1",
+                "--minutes", "0", *TINY_FLAGS])
+    report = render.main(["--run", str(tmp_path / "run"), "--frames", "1"])
+    train_views = layouts.load_split(data, "train", 16)
+    nearest = train_views.images[views.view_neighbours(train_views.poses)[:, 0]]
+    expected = evaluation.psnr(nearest, train_views.images).mean().item()
+    assert report["split"] == "train"
+    assert report["mean"]["baseline_psnr"] == pytest.approx(expected, abs=1e-3)

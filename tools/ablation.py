@@ -4,10 +4,10 @@
 Trains the model with the visibility softmax and the naive one (depth flattened into channels,
 reduced by 2D convolutions) for the same number of steps (or minutes) with train.py, then reports
 for both the PSNR on the training and on the held-out views (rendered from the grid alone, as at
-test time) and the parameter count, and writes <out>/ablation.png: one row per held-out view,
-target | softmax | naive | softmax depth, and <out>/ablation-curves.png: both models' PSNR over
-their runs. Flags it does not know go to train.py for both runs
-(`python train.py --help` lists them).
+test time) and the parameter count, and writes <out>/ablation.png, a row for each of --rows
+held-out views, evenly spaced (target | softmax | naive | softmax depth), and
+<out>/ablation-curves.png, both models' PSNR over their runs. Flags it does not know go to
+train.py for both runs (`python train.py --help` lists them).
 A missing --data folder named after a built-in scene is generated, as train.py does: two_cubes,
 for one, holds two cubes that hide each other.
 
