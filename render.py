@@ -123,12 +123,11 @@ def render_run(model: dv.DeepVoxels, state: dict, ckpt: Path, data: Path | None,
                 "videos": [str(v) for v in videos]}
 
     # 2. Every test view from the grid alone, and the nearest-neighbour baseline on the same views.
-    train, test = scene
-    split, test = ("train", train) if test is None else ("test", test)
+    train, held_out = scene
+    split, test = ("train", train) if held_out is None else ("test", held_out)
     pred, pred_depth, test_seconds = evaluation.render_views(model, test.poses, args.device,
                                                           args.precision)
-    nearest = (evaluation.nearest_other_views(train) if split == "train"   # not each view itself
-               else evaluation.nearest_view_baseline(train, test.poses))
+    nearest = evaluation.nearest_views(train, held_out)
     scores = {"psnr": evaluation.psnr(pred, test.images),
               "ssim": evaluation.ssim(pred, test.images),
               "baseline_psnr": evaluation.psnr(nearest, test.images),

@@ -112,10 +112,12 @@ def build_or_resume(run: TrainConfig, cfg: dv.Config, ckpt_path: Path) -> Traini
     the flags."""
     torch.manual_seed(run.seed)
     model = dv.DeepVoxels(cfg).to(run.device)
-    disc = dv.PatchDiscriminator(cfg.unet_width).to(run.device) if run.gan_weight > 0 else None
-    state = Training(model, torch.optim.Adam(model.parameters(), lr=run.lr, fused=True),  # fused:
-                     disc, disc and torch.optim.Adam(disc.parameters(), lr=run.lr, fused=True),
-                     torch.Generator().manual_seed(run.seed))                # one kernel, faster
+    state = Training(model, torch.optim.Adam(model.parameters(), lr=run.lr, fused=True),
+                     sampler=torch.Generator().manual_seed(run.seed))  # fused: one kernel, faster
+    if run.gan_weight > 0:  # the PatchGAN discriminator and its optimiser
+        state.discriminator = dv.PatchDiscriminator(cfg.unet_width).to(run.device)
+        state.disc_optimizer = torch.optim.Adam(state.discriminator.parameters(), lr=run.lr,
+                                                fused=True)
     if not run.resume:
         return state
     needs = {"step": int, "seconds": float, "history": list, "train_config": dict,
@@ -125,10 +127,10 @@ def build_or_resume(run: TrainConfig, cfg: dv.Config, ckpt_path: Path) -> Traini
                "gan_weight": saved["train_config"].get("gan_weight", 0.0)}   # with or without a
     now = {**dataclasses.asdict(cfg), "gan_weight": run.gan_weight}         # discriminator
     if changed := [f"{k} {v} (now {now[k]})" for k, v in trained.items() if now[k] != v]:
-        grid = [f"--{k} {v:g}" for k, v in trained.items() if k == "grid_scale" and now[k] != v]
+        grid = (f" (the grid: --grid_scale {trained['grid_scale']:g})"
+                if trained["grid_scale"] != now["grid_scale"] else "")
         raise dv.DataError(f"{ckpt_path}: checkpoint was trained with another configuration: "
-                           f"{', '.join(changed)}; resume with the same flags"
-                           + (f" (the grid: {grid[0]})" if grid else ""))
+                           f"{', '.join(changed)}; resume with the same flags{grid}")
     for name, part in state.parts().items():  # the networks, then their optimisers
         if not isinstance(saved.get(name), dict):
             raise dv.DataError(f"{ckpt_path}: not a DeepVoxels checkpoint of this version "

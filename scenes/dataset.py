@@ -53,10 +53,10 @@ def open_scene(data: str | Path, sizes: dict, grid_center=None, grid_scale=None,
         if warning:
             log(warning)
     cfg = scene_config(train, sizes, grid_center, grid_scale)
-    placed_by = ("the flag" if grid_scale else "the data" if train.intrinsics.grid_scale
-                 else "cameras")
-    if check_grid:
-        cfg, said = fit_grid(train, cfg, placed_by)  # the images win over a side they contradict
+    if check_grid:  # the images win over a side they contradict
+        placed_by = ("the flag" if grid_scale else "the data" if train.intrinsics.grid_scale
+                     else "cameras")
+        cfg, said = fit_grid(train, cfg, placed_by)
         if said:
             log(said)
     log(f"grid {cfg.grid_size}^3 centred at {rounded(cfg.grid_center)}, side {cfg.grid_scale:.3g}")

@@ -48,24 +48,26 @@ def nearest_view_baseline(train: Scene, poses: torch.Tensor) -> torch.Tensor:
     return train.images[closest]
 
 
-def nearest_other_views(train: Scene) -> torch.Tensor:
-    """The baseline on the training views themselves: each one's nearest *other* view (V, 3, H, W)
-    (itself would score ~100 dB)."""
-    return train.images[view_neighbours(train.poses)[:, 0]]
+def nearest_views(train: Scene, held_out: Scene | None) -> torch.Tensor:
+    """The baseline's images (V, 3, H, W) for the views a run is scored on: for each held-out
+    view the nearest training view; without held-out views, for each training view its nearest
+    *other* view (itself would score ~100 dB)."""
+    if held_out is None:
+        return train.images[view_neighbours(train.poses)[:, 0]]
+    return nearest_view_baseline(train, held_out.poses)
 
 
 def baseline(train: Scene, held_out: Scene | None) -> tuple[Scene, str, str, float, str | None]:
     """The views a run is scored on (the held-out ones, else the training ones), their split, the
-    nearest-view baseline's name and mean PSNR on them, and a line saying so when there are no
-    held-out views (else None). Without held-out views each training view is compared with its
-    nearest *other* view: itself would score ~100 dB."""
+    nearest-view baseline's name and mean PSNR on them (nearest_views), and a line saying so when
+    there are no held-out views (else None)."""
+    scored = train if held_out is None else held_out
+    score = psnr(nearest_views(train, held_out), scored.images).mean().item()
     if held_out is None:
-        return (train, "train", "nearest-other-view baseline",
-                psnr(nearest_other_views(train), train.images).mean().item(),
+        return (train, "train", "nearest-other-view baseline", score,
                 "no test/ split: PSNR is measured on the training views; "
                 "the baseline copies each one's nearest other view")
-    return (held_out, "test", "nearest-neighbour baseline",
-            psnr(nearest_view_baseline(train, held_out.poses), held_out.images).mean().item(), None)
+    return held_out, "test", "nearest-neighbour baseline", score, None
 
 
 def render_views(model: DeepVoxels, poses: torch.Tensor, device: str, precision: str,

@@ -33,8 +33,6 @@ from deepvoxels import Config, DataError, DeepVoxels
 
 
 CHECKPOINT = "ckpt.pt"
-
-
 LOCK = "run.lock"
 
 
