@@ -146,6 +146,7 @@ class Config:
     depth_planes: int = 32      # D depth planes of the canonical view volume (the authors: 2N)
     unet_width: int = 32        # base width of the 2D U-Nets (feature extraction, rendering)
     occlusion_width: int = 4    # base width of the occlusion network's 3D U-Net
+    occlusion_size: int = 32    # h = w at most of the volume the occlusion U-Net sees (below)
     occlusion: str = "softmax"  # the paper's visibility softmax, or "naive": its Fig. 5 ablation
     gru_dropout: float = 0.2    # channel dropout on the GRU proposal's two terms (the authors: 0.2)
     # The scene: where the grid sits and the camera at img_size (filled from the data).
@@ -161,7 +162,7 @@ class Config:
         # A U-Net of L levels halves its input L times and doubles it back, so each size must
         # divide by 2^L; at batch 1 (the fused grid, one source view) batch norm needs more than
         # one value per channel at the bottom. Levels: 3 on feat_size (the encoder's and the
-        # renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D (occlusion).
+        # renderer's 2D U-Nets), 2 on grid_size (inpainting), 2 on D and occlusion_size (occlusion).
         ratio = self.img_size // self.feat_size if self.feat_size > 0 else 0
         problems = [
             (ratio < 1 or ratio * self.feat_size != self.img_size or ratio & (ratio - 1),
@@ -175,6 +176,9 @@ class Config:
              "the inpainting U-Net halves it twice down to at least 2^3"),
             (self.depth_planes % 4 or self.depth_planes < 4,
              f"depth_planes ({self.depth_planes}) must be a multiple of 4: "
+             "the occlusion U-Net halves it twice"),
+            (self.occlusion_size % 4 or self.occlusion_size < 4,
+             f"occlusion_size ({self.occlusion_size}) must be a multiple of 4: "
              "the occlusion U-Net halves it twice"),
             (min(self.channels, self.unet_width, self.occlusion_width) < 1,
              f"channels, unet_width and occlusion_width ({self.channels}, {self.unet_width}, "
@@ -410,6 +414,7 @@ class OcclusionNet(nn.Module):
         # forward+backward).
         self.unet = (UNet(3, cfg.channels + 1, 1, cfg.occlusion_width, levels=2)
                      .to(memory_format=torch.channels_last_3d))
+        self.size = cfg.occlusion_size
 
     def forward(self, volume: torch.Tensor,
                 depths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -417,8 +422,15 @@ class OcclusionNet(nn.Module):
         depth_channel = (torch.linspace(-1, 1, D, device=volume.device)
                          .view(1, 1, D, 1, 1).expand(B, 1, D, h, w))
         with_depth = torch.cat([volume, depth_channel.to(volume.dtype)], dim=1)  # (B, C+1, D, h, w)
-        logits = self.unet(
-            with_depth.contiguous(memory_format=torch.channels_last_3d))          # (B, 1, D, h, w)
+        # A volume wider than occlusion_size (a small object's feature maps, scenes/grid.py) is
+        # averaged down to it in x, y for the U-Net, and the scores interpolated back: the U-Net's
+        # cost would grow with h x w, and the weighted sum below still reads every feature pixel.
+        shrink = max(h, w) > self.size
+        seen = (F.adaptive_avg_pool3d(with_depth, (D, self.size, self.size)) if shrink
+                else with_depth)                                     # (B, C+1, D, h', w')
+        logits = self.unet(seen.contiguous(memory_format=torch.channels_last_3d))
+        if shrink:
+            logits = F.interpolate(logits, size=(D, h, w), mode="trilinear")  # (B, 1, D, h, w)
         # visibility weights w_d, Σ_d w_d = 1
         weights = torch.softmax(logits[:, 0].float(), dim=1)                     # (B, D, h, w)
         features = (weights[:, None] * volume).sum(dim=2)                        # (B, C, h, w)

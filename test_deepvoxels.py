@@ -314,6 +314,33 @@ def test_real_occlusion_net_with_its_depth_channel_finds_an_unseen_opaque_slab()
             assert torch.allclose(weights.sum(1), torch.ones(1, 16, 16), atol=1e-5)
 
 
+def test_occlusion_scores_a_wider_volume_at_occlusion_size_and_weighs_every_feature_pixel():
+    # feature maps of 16 x 16, an occlusion U-Net that sees at most 8 x 8
+    cfg = replace(TINY, occlusion_size=8)
+    occlusion = dv.OcclusionNet(cfg)
+    seen = []
+    occlusion.unet.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+    torch.manual_seed(0)
+    # a different feature at every pixel, the same at every depth: whatever the weights,
+    # Σ_d w_d · volume_d is that pixel's feature
+    pattern = torch.rand(1, 8, 1, 16, 16)
+    features, weights, depth = occlusion(pattern.expand(1, 8, 8, 16, 16),
+                                         torch.linspace(2, 3, 8)[None])
+    unet_in, logits = seen[0]
+    assert unet_in.shape == (1, 9, 8, 8, 8)
+    # the U-Net's input is the volume averaged over 2 x 2 pixels
+    assert torch.allclose(unet_in[:, :8, 0], F.avg_pool2d(pattern[:, :, 0], 2), atol=1e-6)
+    assert weights.shape == (1, 8, 16, 16) and depth.shape == (1, 1, 16, 16)
+    assert torch.allclose(weights.sum(1), torch.ones(1, 16, 16), atol=1e-5)
+    # the scores come back at 16 x 16: a corner pixel takes its corner block's (interpolation
+    # repeats the border), and its weights are their softmax over depth
+    for y, x in ((0, 0), (15, 15)):
+        assert torch.allclose(weights[0, :, y, x], logits[0, 0, :, y // 2, x // 2].softmax(0),
+                              atol=1e-6)
+    # the weighted sum reads the volume at full size: no pixel's feature is averaged away
+    assert torch.allclose(features, pattern[:, :, 0], atol=1e-5)
+
+
 def test_naive_occlusion_has_many_more_parameters():
     cfg = dv.Config(depth_planes=32)                                     # C = 16, D = 32
     naive, softmax = dv.NaiveOcclusion(cfg), dv.OcclusionNet(cfg)
@@ -542,6 +569,8 @@ def model_runs(cfg: dv.Config) -> bool:
     ({"grid_size": 4}, "grid_size"), ({"grid_size": 10}, "grid_size"),
     # 6 -> 3 -> 1, back to 2 != 3
     ({"depth_planes": 6}, "depth_planes"),
+    # the occlusion U-Net at 8 x 8 under 16 x 16 maps; at 6 x 6: 6 -> 3 -> 1, back to 2 != 3
+    ({"occlusion_size": 8}, None), ({"occlusion_size": 6}, "occlusion_size"),
 ])
 def test_config_accepts_exactly_the_sizes_the_model_runs_with(sizes, field):
     small = {"img_size": 32, "feat_size": 16, "grid_size": 8, "channels": 2, "depth_planes": 8,

@@ -230,7 +230,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu",
         raise DataError(f"{path}: not a DeepVoxels checkpoint of this version "
                         f"(no valid {', '.join(missing)} entry)")
     try:
-        cfg = Config(**{**state["config"], "grid_center": tuple(state["config"]["grid_center"])})
+        saved = state["config"]
+        # checkpoints older than occlusion_size: the occlusion U-Net saw the whole view volume
+        cfg = Config(**{"occlusion_size": saved.get("feat_size"), **saved,
+                        "grid_center": tuple(saved["grid_center"])})
         model = DeepVoxels(cfg).to(device)
         state["model"] = {k: v for k, v in state["model"].items()   # older checkpoints held the
                           if k not in ("K", "K_feat")}                # intrinsics as buffers too

@@ -145,6 +145,8 @@ SIZE_FLAGS = {
                     "feat_size^2: lower it first to save time or memory",
     "unet_width": "base width of the 2D feature-extraction and rendering U-Nets",
     "occlusion_width": "base width of the occlusion network's 3D U-Net",
+    "occlusion_size": "h = w at most of the view volume the occlusion U-Net sees: larger "
+                      "feature maps are averaged down to it, its scores interpolated back",
     "occlusion": "softmax: the paper's visibility softmax over depth; naive: its Fig. 5 "
                  "ablation (depth flattened into channels, reduced by 2D convs)",
     "gru_dropout": "channel dropout on the two terms of the GRU proposal S, W_s X and "

@@ -102,6 +102,15 @@ def test_a_checkpoint_that_still_holds_the_intrinsics_buffers_loads(tmp_path):
     assert torch.equal(loaded.grid, model.grid)
 
 
+def test_a_checkpoint_older_than_occlusion_size_scores_its_whole_view_volume(tmp_path):
+    model = dv.DeepVoxels(replace(TINY, img_size=64, feat_size=64))
+    # written before occlusion_size: its occlusion U-Net saw all 64 x 64 feature pixels
+    config = {k: v for k, v in asdict(model.cfg).items() if k != "occlusion_size"}
+    runs.save_checkpoint(tmp_path / "old.pt", {"config": config, "model": model.state_dict()})
+    loaded, _ = runs.load_checkpoint(tmp_path / "old.pt")
+    assert loaded.cfg == replace(model.cfg, occlusion_size=64)
+
+
 def test_resume_gives_the_same_next_step_as_running_on(cube, tmp_path):
     common = ["--data", str(cube), "--minutes", "0", "--eval_every", "1e9", "--log_every", "1e9",
               "--precision", "fp32", *TINY_FLAGS]
