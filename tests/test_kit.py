@@ -210,7 +210,7 @@ def test_the_teachers_file_copied_back_passes_every_grader(teacher_kit):
     done, outcomes = grade(teacher_kit)
     assert done.returncode == 0, done.stdout
     assert outcomes == dict.fromkeys(TESTS, "PASSED")
-    assert len(TESTS) == 14
+    assert len(TESTS) == 15
     # every test belongs to one exercise, and -k <exercise> selects exactly its own
     assert sum(len(exercise_tests(e.name)) for e in EXERCISES) == len(TESTS)
 

@@ -299,6 +299,10 @@ def reference_values() -> dict[str, np.ndarray]:
         occlusion.unet.out.weight *= 10      # scores far apart: weights far from uniform (1 / D)
         volume = torch.randn(B, C, D, h, h)
         flat, weights, depth = occlusion(volume, depths)
+        # the same weights under an occlusion_size below h: the U-Net reads the volume averaged
+        averaging = dv.OcclusionNet(dataclasses.replace(cfg, occlusion_size=h // 2)).eval()
+        averaging.load_state_dict(occlusion.state_dict())
+        averaged_weights = averaging(volume, depths)[1]
         values = {
             "config": json.dumps(dataclasses.asdict(cfg)), "poses": poses, "K": K,
             "world_points": world, "camera_points": dv.world_to_camera(world, poses),
@@ -309,6 +313,7 @@ def reference_values() -> dict[str, np.ndarray]:
             "grid": grid, "points": points, "depths": depths,
             "view_volume": dv.project(grid, poses, cfg)[0],
             "volume": volume, "flat": flat, "weights": weights, "depth": depth,
+            "averaged_weights": averaged_weights,
             **{f"gru/{k}": v for k, v in gru.state_dict().items()},
             **{f"occlusion/{k}": v for k, v in occlusion.state_dict().items()}}
     return {k: np.asarray(v) for k, v in values.items()}

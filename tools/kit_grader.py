@@ -14,6 +14,7 @@ into the kit as test_exercises.py, beside the reference.npz it reads.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import traceback
 from pathlib import Path
@@ -279,10 +280,10 @@ def test_view_volume_project():
 
 # ── 5. occlusion ───────────────────────────────────────────────────────────────────────────
 
-def occlusion() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def occlusion(cfg: dv.Config = CFG) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """OcclusionNet with the reference's weights (eval) on its view volume and depths."""
     def flatten():
-        net = dv.OcclusionNet(CFG).eval()
+        net = dv.OcclusionNet(cfg).eval()
         net.load_state_dict(weights("occlusion/"))
         return net(ref("volume"), ref("depths"))
     flat, w, depth = check_pair("OcclusionNet.forward", run("occlusion", flatten), 3)
@@ -327,3 +328,17 @@ def test_occlusion_features_and_depth():
             channel = f"channel {c} of " if name == "flat" else ""
             fail(f"OcclusionNet.forward, {equation}: {channel}the pixel in row {i}, column {j} "
                  f"of view {b}: expected {expected[at]:.4f}, found {found[at]:.4f}")
+
+
+def test_occlusion_averages_a_volume_wider_than_occlusion_size():
+    size = CFG.feat_size // 2
+    _, w, _ = occlusion(dataclasses.replace(CFG, occlusion_size=size))
+    expected = ref("averaged_weights")
+    if (at := worst(w, expected)) is not None:
+        b, d, i, j = at
+        fail(f"OcclusionNet.forward with occlusion_size {size} under {CFG.feat_size} x "
+             f"{CFG.feat_size} maps: the visibility weight of plane {d} at the pixel in row {i}, "
+             f"column {j} of view {b}: expected {expected[at]:.4f}, found {w[at]:.4f} (the "
+             f"U-Net reads the volume averaged down to {size} x {size} in x, y, and its scores "
+             f"come back to {CFG.feat_size} x {CFG.feat_size}, interpolated trilinearly, before "
+             f"the softmax)")
