@@ -142,7 +142,8 @@ SIZE_FLAGS = {
     "channels": "C features per voxel (the authors: 64)",
     "depth_planes": "D depth planes of the canonical view volume (the authors: 2N); the "
                     "occlusion network, the largest part of a step, grows with D x "
-                    "feat_size^2: lower it first to save time or memory",
+                    "feat_size^2 (feat_size at most occlusion_size): lower it first to save "
+                    "time or memory",
     "unet_width": "base width of the 2D feature-extraction and rendering U-Nets",
     "occlusion_width": "base width of the occlusion network's 3D U-Net",
     "occlusion_size": "h = w at most of the view volume the occlusion U-Net sees: larger "
