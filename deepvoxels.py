@@ -177,9 +177,9 @@ class Config:
             (self.depth_planes % 4 or self.depth_planes < 4,
              f"depth_planes ({self.depth_planes}) must be a multiple of 4: "
              "the occlusion U-Net halves it twice"),
-            (self.occlusion_size % 4 or self.occlusion_size < 4,
-             f"occlusion_size ({self.occlusion_size}) must be a multiple of 4: "
-             "the occlusion U-Net halves it twice"),
+            (self.occlusion_size % 4 or self.occlusion_size < 8,
+             f"occlusion_size ({self.occlusion_size}) must be a multiple of 4 and at least 8: "
+             "the occlusion U-Net halves it twice down to at least 2x2"),
             (min(self.channels, self.unet_width, self.occlusion_width) < 1,
              f"channels, unet_width and occlusion_width ({self.channels}, {self.unet_width}, "
              f"{self.occlusion_width}) must be at least 1"),
@@ -423,14 +423,17 @@ class OcclusionNet(nn.Module):
                          .view(1, 1, D, 1, 1).expand(B, 1, D, h, w))
         with_depth = torch.cat([volume, depth_channel.to(volume.dtype)], dim=1)  # (B, C+1, D, h, w)
         # A volume wider than occlusion_size (a small object's feature maps, scenes/grid.py) is
-        # averaged down to it in x, y for the U-Net, and the scores interpolated back: the U-Net's
-        # cost would grow with h x w, and the weighted sum below still reads every feature pixel.
-        shrink = max(h, w) > self.size
-        seen = (F.adaptive_avg_pool3d(with_depth, (D, self.size, self.size)) if shrink
-                else with_depth)                                     # (B, C+1, D, h', w')
+        # averaged down to it in x, y (adaptive average pooling) for the U-Net, and the scores are
+        # interpolated back (trilinear, align_corners=False): the U-Net's cost would grow with
+        # h x w, and the weighted sums below still read every feature pixel.
+        seen_h, seen_w = min(h, self.size), min(w, self.size)
+        shrink = (seen_h, seen_w) != (h, w)
+        seen = (F.adaptive_avg_pool3d(with_depth, (D, seen_h, seen_w)) if shrink
+                else with_depth)                                  # (B, C+1, D, seen_h, seen_w)
         logits = self.unet(seen.contiguous(memory_format=torch.channels_last_3d))
-        if shrink:
-            logits = F.interpolate(logits, size=(D, h, w), mode="trilinear")  # (B, 1, D, h, w)
+        if shrink:                                                # (B, 1, D, seen_h, seen_w) ->
+            logits = F.interpolate(logits, size=(D, h, w), mode="trilinear",
+                                   align_corners=False)           # (B, 1, D, h, w)
         # visibility weights w_d, Σ_d w_d = 1
         weights = torch.softmax(logits[:, 0].float(), dim=1)                     # (B, D, h, w)
         features = (weights[:, None] * volume).sum(dim=2)                        # (B, C, h, w)

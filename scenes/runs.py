@@ -232,7 +232,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu",
     try:
         saved = state["config"]
         # checkpoints older than occlusion_size: the occlusion U-Net saw the whole view volume
-        cfg = Config(**{"occlusion_size": saved.get("feat_size"), **saved,
+        whole = max(saved.get("feat_size") or 0, Config.occlusion_size)
+        cfg = Config(**{"occlusion_size": whole, **saved,
                         "grid_center": tuple(saved["grid_center"])})
         model = DeepVoxels(cfg).to(device)
         state["model"] = {k: v for k, v in state["model"].items()   # older checkpoints held the
