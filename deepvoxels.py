@@ -431,9 +431,8 @@ class OcclusionNet(nn.Module):
         seen = (F.adaptive_avg_pool3d(with_depth, (D, seen_h, seen_w)) if shrink
                 else with_depth)                                  # (B, C+1, D, seen_h, seen_w)
         logits = self.unet(seen.contiguous(memory_format=torch.channels_last_3d))
-        if shrink:                                                # (B, 1, D, seen_h, seen_w) ->
-            logits = F.interpolate(logits, size=(D, h, w), mode="trilinear",
-                                   align_corners=False)           # (B, 1, D, h, w)
+        if shrink:                                  # (B, 1, D, seen_h, seen_w) -> (B, 1, D, h, w)
+            logits = F.interpolate(logits, size=(D, h, w), mode="trilinear", align_corners=False)
         # visibility weights w_d, Σ_d w_d = 1
         weights = torch.softmax(logits[:, 0].float(), dim=1)                     # (B, D, h, w)
         features = (weights[:, None] * volume).sum(dim=2)                        # (B, C, h, w)
