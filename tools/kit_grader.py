@@ -307,15 +307,18 @@ def test_occlusion_weights_sum_to_1_over_depth():
              f"the softmax runs over the depth planes of each pixel, Σ_d w_d = 1")
 
 
-def test_occlusion_weights():
-    _, w, _ = occlusion()
-    expected = ref("weights")
+def check_weights(w: torch.Tensor, expected: torch.Tensor, where: str, why: str) -> None:
+    """Fail, naming the visibility weight furthest from the reference's, where one is off."""
     if (at := worst(w, expected)) is not None:
         b, d, i, j = at
-        fail(f"OcclusionNet.forward: the visibility weight of plane {d} at the pixel in row {i}, "
-             f"column {j} of view {b}: expected {expected[at]:.4f}, found {w[at]:.4f} (the "
-             f"softmax over depth of the scores of the 3D U-Net, which reads the volume and a "
-             f"depth channel)")
+        fail(f"{where}: the visibility weight of plane {d} at the pixel in row {i}, column {j} "
+             f"of view {b}: expected {expected[at]:.4f}, found {w[at]:.4f} ({why})")
+
+
+def test_occlusion_weights():
+    check_weights(occlusion()[1], ref("weights"), "OcclusionNet.forward",
+                  "the softmax over depth of the scores of the 3D U-Net, which reads the volume "
+                  "and a depth channel")
 
 
 def test_occlusion_features_and_depth():
@@ -332,13 +335,10 @@ def test_occlusion_features_and_depth():
 
 def test_occlusion_averages_a_volume_wider_than_occlusion_size():
     size = CFG.feat_size // 2
-    _, w, _ = occlusion(dataclasses.replace(CFG, occlusion_size=size))
-    expected = ref("averaged_weights")
-    if (at := worst(w, expected)) is not None:
-        b, d, i, j = at
-        fail(f"OcclusionNet.forward with occlusion_size {size} under {CFG.feat_size} x "
-             f"{CFG.feat_size} maps: the visibility weight of plane {d} at the pixel in row {i}, "
-             f"column {j} of view {b}: expected {expected[at]:.4f}, found {w[at]:.4f} (the "
-             f"U-Net reads the volume averaged down to {size} x {size} in x, y, and its scores "
-             f"come back to {CFG.feat_size} x {CFG.feat_size}, interpolated trilinearly, before "
-             f"the softmax)")
+    check_weights(occlusion(dataclasses.replace(CFG, occlusion_size=size))[1],
+                  ref("averaged_weights"),
+                  f"OcclusionNet.forward with occlusion_size {size} under {CFG.feat_size} x "
+                  f"{CFG.feat_size} maps",
+                  f"the U-Net reads the volume averaged down to {size} x {size} in x, y, and its "
+                  f"scores come back to {CFG.feat_size} x {CFG.feat_size}, interpolated "
+                  f"trilinearly, before the softmax")
