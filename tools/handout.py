@@ -299,7 +299,7 @@ def reference_values() -> dict[str, np.ndarray]:
         occlusion.unet.out.weight *= 10      # scores far apart: weights far from uniform (1 / D)
         volume = torch.randn(B, C, D, h, h)
         flat, weights, depth = occlusion(volume, depths)
-        # the same weights under an occlusion_size below h: the U-Net reads the volume averaged
+        # the same weights with occlusion_size h / 2: the U-Net reads the volume averaged to it
         averaging = dv.OcclusionNet(dataclasses.replace(cfg, occlusion_size=h // 2)).eval()
         averaging.load_state_dict(occlusion.state_dict())
         averaged_weights = averaging(volume, depths)[1]
