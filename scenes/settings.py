@@ -111,6 +111,10 @@ class TrainConfig:
                      (">=", 0))
     l1_weight: float = flag(1.0, "weight of the L1 term (the authors: 200 beside --gan_weight "
                                  "1; alone its scale does not matter)", (">=", 0))
+    l1_beta: float = flag(0.1, "errors below this are squared in the L1 term, above it they "
+                               "count as L1 (smooth L1): a small object's errors are no longer "
+                               "drowned by a plain background's tiny ones (0: the authors' plain "
+                               "L1)", (">=", 0))
     gan_weight: float = flag(0.0, "weight of the PatchGAN adversarial term, 0: no "
                                   "discriminator (the authors: 1)", (">=", 0))
     seed: int = flag(0, "random seed")

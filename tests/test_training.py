@@ -51,6 +51,39 @@ def test_learning_rate_is_constant_then_falls_linearly_to_zero():
         assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * expected)
 
 
+class FixedRendering(torch.nn.Module):
+    """Stands in for the model in train.training_step: 'renders' its own parameter."""
+
+    def __init__(self, rgb: torch.Tensor):
+        super().__init__()
+        self.rgb = torch.nn.Parameter(rgb.clone())
+
+    def forward(self, source_image, source_pose, target_poses):
+        return {"rgb": self.rgb}
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.0])
+def test_the_loss_is_l1_above_beta_and_squared_below_it_pixel_by_pixel(beta):
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 8, 8)
+    # errors from 0.0005 (a plain background nearly learnt) to 0.5 (an object not yet learnt)
+    errors = torch.logspace(-3.3, -0.3, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    rendered = images[[1, 2]] + errors * torch.where(torch.rand(2, 3, 8, 8) < 0.5, -1, 1)
+    model = FixedRendering(rendered)
+    state = train.Training(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    run = settings.TrainConfig(l1_beta=beta, l1_weight=3.0)
+    loss = train.training_step(state, images, torch.eye(4).expand(3, 4, 4), (0, 1, 2), run)
+    # the smooth L1 of every pixel in turn, as its formula reads
+    total = 0.0
+    for e in (rendered - images[[1, 2]]).abs().flatten().tolist():
+        total += e * e / (2 * beta) if e < beta else e - beta / 2
+    assert loss == pytest.approx(3.0 * total / errors.numel(), rel=1e-5)
+    # its gradient: a background pixel off by 0.001 pulls 100x less than an object pixel off by
+    # 0.3 (the plain L1, beta 0: as hard)
+    grad = model.rgb.grad.abs().flatten()
+    small, large = grad[errors.flatten().argmin()].item(), grad[errors.flatten().argmax()].item()
+    assert small / large == pytest.approx(errors.min().item() / beta if beta else 1.0, rel=1e-3)
+
 def test_coarse_phase_trains_at_half_size_and_gives_back_the_full_size_model(
         cube, tmp_path, monkeypatch):
     cfg = replace(TINY, img_size=32, feat_size=32, focal=40.0, cx=16.0, cy=16.0)
@@ -128,8 +161,8 @@ def test_recipe_flags_round_trip_through_the_checkpoint_and_resume_restores_the_
         cube, tmp_path):
     flags = ["--data", str(cube), "--minutes", "0", "--eval_every", "1e9", "--log_every", "1e9",
              "--precision", "fp32", "--occlusion", "naive", "--gan_weight", "0.5",
-             "--l1_weight", "200", "--crop", "1", "--lr", "1e-4", "--gru_dropout", "0.1",
-             *SMALL_FLAGS]
+             "--l1_weight", "200", "--l1_beta", "0", "--crop", "1", "--lr", "1e-4",
+             "--gru_dropout", "0.1", *SMALL_FLAGS]
     train.main([*flags, "--iters", "4", "--out", str(tmp_path / "straight")])
     train.main([*flags, "--iters", "2", "--out", str(tmp_path / "resumed")])
     train.main([*flags, "--iters", "4", "--out", str(tmp_path / "resumed"), "--resume"])
@@ -138,7 +171,8 @@ def test_recipe_flags_round_trip_through_the_checkpoint_and_resume_restores_the_
     assert straight["config"]["occlusion"] == "naive"
     assert straight["config"]["gru_dropout"] == 0.1
     run = straight["train_config"]
-    assert (run["gan_weight"], run["l1_weight"], run["crop"], run["lr"]) == (0.5, 200.0, 1, 1e-4)
+    assert ((run["gan_weight"], run["l1_weight"], run["l1_beta"], run["crop"], run["lr"])
+            == (0.5, 200.0, 0.0, 1, 1e-4))
     assert straight["disc_optimizer"]["param_groups"][0]["lr"] == 1e-4
     model, _ = runs.load_checkpoint(tmp_path / "straight" / "ckpt.pt")
     assert isinstance(model.occlusion, dv.NaiveOcclusion)
