@@ -4,8 +4,8 @@ Each step, as the authors did: target 1 is a random training view, the source on
 nearest neighbours by viewing direction (never itself), target 2 any random view (it may be
 target 1 or the source again); the source is fused into the grid, both targets are rendered, and
 the loss is --l1_weight x L1 + --gan_weight x the PatchGAN term (the authors: 200 and 1; here L1
-alone, squared below an error of --l1_beta). The first --coarse share of the run trains at half the
-size. Every setting and its flag: scenes/settings.py.
+alone, a smooth L1 whose errors below --l1_beta are squared). The first --coarse share of the run
+trains at half the size. Every setting and its flag: scenes/settings.py.
 """
 
 from __future__ import annotations
@@ -168,9 +168,10 @@ def training_step(state: Training, images: torch.Tensor, poses: torch.Tensor,
     c, size = run.crop, images.shape[-1]  # the loss leaves out a border of c pixels
     pred, target = (pred.float()[..., c:size - c, c:size - c],
                     images[[target1, target2]][..., c:size - c, c:size - c])
-    # Smooth L1: |e| - β/2 for errors |e| above β, as the paper's L1; e² / 2β below. The plain
-    # L1's gradient is as large for a background pixel off by 0.001 as for an object pixel off by
-    # 0.3, so a small object on a plain background learnt slowly (docs/measurements.md).
+    # Smooth L1, per pixel error e: |e| - β/2 above β (the paper's L1, shifted), e²/(2β) below;
+    # β = 0 (--l1_beta 0) is exactly the paper's L1. Below β a pixel's gradient is e/β: one off by
+    # 0.001 pulls 1 % as hard as one off by 0.1 or more. With the plain L1 every pixel pulls alike,
+    # and a small object on a plain background learnt far more slowly (docs/measurements.md).
     loss = run.l1_weight * F.smooth_l1_loss(pred, target, beta=run.l1_beta)
     if disc is not None:
         loss = loss + run.gan_weight * dv.generator_adversarial_loss(disc, pred)
