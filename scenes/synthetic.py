@@ -83,6 +83,25 @@ SCENES = {
                            radius=2.5, grid_scale=1.25),
     # A small object: one cube of side 0.35, under a third of the frame's width, in a grid to fit.
     "small": SyntheticScene((Box((0.0, 0.0, 0.0), 0.35),), radius=2.5, grid_scale=0.45),
+    # Three scenes made to check the defaults on objects none of them was tuned on
+    # (docs/measurements.md). A model kit: a block of 10 x 10 cells a face under a small ball, among
+    # four thin pillars of six cubes 0.07 wide.
+    "kit": SyntheticScene((Box((0.0, 0.0, -0.25), 0.5, (2, 1, 0), cells=10),
+                           *[Box((x, y, z), 0.07, (1, 0, 2), cells=1)
+                             for x in (-0.35, 0.35) for y in (-0.35, 0.35)
+                             for z in (-0.35, -0.2, -0.05, 0.1, 0.25, 0.4)],
+                           Ball((0.0, 0.0, 0.25), 0.15, (0, 2, 1), cells=6)),
+                          radius=2.6, grid_scale=1.0),
+    # A ball and a box that hide each other, in a grid of side 1 that they leave (the grid check
+    # refits it).
+    "hidden": SyntheticScene((Ball((0.25, 0.3, 0.1), 0.42, (1, 2, 0), cells=4),
+                              Box((-0.3, -0.35, -0.1), 0.55, (2, 0, 1), cells=3)),
+                             radius=2.6, grid_scale=1.0),
+    # A ball on a box, a small cube beside them.
+    "stack": SyntheticScene((Box((0.0, 0.05, -0.2), 0.6, (1, 2, 0), cells=5),
+                             Ball((0.05, 0.0, 0.32), 0.28, (2, 0, 1), cells=5),
+                             Box((-0.42, 0.38, -0.38), 0.24, cells=2)),
+                            radius=2.8, grid_scale=1.4),
 }
 
 

@@ -197,7 +197,7 @@ BLOCKS = {
     "project": (2, 1, "6. projection\nproject", None),
     "occlusion": (1, 1, "7. occlusion\nsoftmax over depth", "occlusion"),
     "render": (0, 1, "8. rendering\nRenderingNet", "renderer"),
-    "loss": (-1, 1, "loss\nL1 (+ adversarial)", None),
+    "loss": (-1, 1, "loss\nsmooth L1\n(+ adversarial)", None),
     "poses": (2, 0, "target poses", None),
     "depth": (1, 0, "visibility weights $w_d$,\ndepth map $\\sum_d w_d z_d$", None),
     "targets": (-1, 0, "target images", None),
