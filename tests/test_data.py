@@ -663,6 +663,18 @@ def test_a_side_the_images_contradict_is_refitted_unless_the_flag_gave_it(cube, 
     assert "larger than the object needs" in line
 
 
+def test_the_made_scene_hidden_leaves_the_grid_its_files_name_and_the_door_refits_it(tmp_path):
+    """`hidden` (a SCENES entry) names a grid of side 1 in intrinsics.txt, but its ball reaches
+    0.72 from the centre: the door must grow the grid and say so (docs/measurements.md)."""
+    synthetic.make_scene(tmp_path / "hidden", "hidden", n_train=12, n_test=2, size=64)
+    assert "\n1.0\n" in (tmp_path / "hidden" / "train" / "intrinsics.txt").read_text()
+    said = []
+    train, _, cfg = dataset.open_scene(tmp_path / "hidden", asdict(TINY), log=said.append)
+    assert cfg.grid_scale > 1.2, said
+    assert grid.grid_warning(train, cfg) is None
+    assert any(line.startswith("grid fitted to the object: side") for line in said), said
+
+
 @pytest.mark.parametrize("half_side, stray_pixels, warns",
                          [(0.5, False, False), (0.5, True, False), (0.4, False, True)])
 def test_grid_warning_is_quiet_for_a_tight_box_and_warns_for_one_20_percent_too_small(
